@@ -1,0 +1,11 @@
+//! Request, response and stream types of the wire formats tollgate speaks.
+//!
+//! Layout:
+//! - [`openai`]: the OpenAI chat-completions format (request validation, usage, chunks).
+//! - [`validate`]: the body-validation error every format reports.
+
+pub mod openai;
+pub mod tokens;
+pub mod validate;
+
+pub use validate::BodyError;

@@ -1,0 +1,51 @@
+//! The adapter trait and the call/reply types every provider speaks.
+
+use crate::error::ProviderError;
+use futures::stream::BoxStream;
+use serde_json::{Map, Value};
+use std::time::Duration;
+use tollgate_protocol::openai::Usage;
+
+/// Limits on one upstream call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    pub connect: Duration,
+    /// Until the response headers (non-stream) or the first event (stream).
+    pub first_byte: Duration,
+    /// For the whole call, stream included.
+    pub total: Duration,
+}
+
+/// One chat call, already in OpenAI chat-completions form: `body` carries the upstream model
+/// name, the output limit and (for streams) the request for usage.
+#[derive(Debug, Clone)]
+pub struct ChatCall {
+    pub body: Map<String, Value>,
+    pub stream: bool,
+    pub timeouts: Timeouts,
+}
+
+/// A stream of OpenAI `chat.completion.chunk` objects; it ends after the upstream's `[DONE]`
+/// and yields an error if the upstream fails or cuts the stream before it.
+pub type ChunkStream = BoxStream<'static, Result<Value, ProviderError>>;
+
+/// What an upstream answered.
+pub enum ChatReply {
+    Complete { body: Value, usage: Option<Usage> },
+    Stream(ChunkStream),
+}
+
+impl std::fmt::Debug for ChatReply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Complete { usage, .. } => write!(f, "ChatReply::Complete({usage:?})"),
+            Self::Stream(_) => write!(f, "ChatReply::Stream"),
+        }
+    }
+}
+
+/// A provider that serves chat completions.
+#[async_trait::async_trait]
+pub trait ChatProvider: Send + Sync + 'static {
+    async fn chat(&self, call: ChatCall) -> Result<ChatReply, ProviderError>;
+}

@@ -1,0 +1,84 @@
+//! An OpenAI SSE response as a stream of chunk objects, under the call's deadline.
+
+use crate::adapter::ChunkStream;
+use crate::error::{Deadline, ProviderError};
+use crate::sse::Decoder;
+use futures::StreamExt;
+use serde_json::Value;
+use std::collections::VecDeque;
+
+struct State {
+    body: futures::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
+    decoder: Decoder,
+    pending: VecDeque<Result<Value, ProviderError>>,
+    deadline: tokio::time::Instant,
+    done: bool,
+}
+
+pub(super) fn chunks(response: reqwest::Response, deadline: tokio::time::Instant) -> ChunkStream {
+    let state = State {
+        body: response.bytes_stream().boxed(),
+        decoder: Decoder::new(),
+        pending: VecDeque::new(),
+        deadline,
+        done: false,
+    };
+    futures::stream::unfold(state, |mut st| async move {
+        loop {
+            if let Some(item) = st.pending.pop_front() {
+                if item.is_err() {
+                    st.done = true;
+                    st.pending.clear();
+                }
+                return Some((item, st));
+            }
+            if st.done {
+                return None;
+            }
+            match tokio::time::timeout_at(st.deadline, st.body.next()).await {
+                Err(_) => {
+                    st.done = true;
+                    return Some((Err(ProviderError::Timeout(Deadline::Total)), st));
+                }
+                Ok(None) => {
+                    st.done = true;
+                    return Some((Err(ProviderError::Cut), st));
+                }
+                Ok(Some(Err(_))) => {
+                    st.done = true;
+                    return Some((Err(ProviderError::Cut), st));
+                }
+                Ok(Some(Ok(bytes))) => {
+                    for event in st.decoder.feed(&bytes) {
+                        if st.done {
+                            break;
+                        }
+                        push_event(&mut st, &event.data);
+                    }
+                }
+            }
+        }
+    })
+    .boxed()
+}
+
+fn push_event(st: &mut State, data: &str) {
+    if data.trim() == "[DONE]" {
+        st.done = true;
+        return;
+    }
+    match serde_json::from_str::<Value>(data) {
+        Ok(v) if v.get("error").is_some() && v.get("choices").is_none() => {
+            let message = v["error"]["message"].as_str().unwrap_or("stream error").to_owned();
+            st.pending.push_back(Err(ProviderError::Status {
+                status: 500,
+                message,
+                retry_after: None,
+            }));
+        }
+        Ok(v) if v.is_object() => st.pending.push_back(Ok(v)),
+        Ok(_) | Err(_) => st.pending.push_back(Err(ProviderError::Invalid(
+            "stream event is not a JSON object".into(),
+        ))),
+    }
+}
