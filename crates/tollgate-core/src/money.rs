@@ -56,6 +56,9 @@ impl CreditRate {
     /// `credits` in USD as a JSON number (from the exact decimal string).
     pub fn usd_json(self, credits: Credits) -> serde_json::Value {
         let s = self.usd(credits);
+        if let Ok(whole) = s.parse::<i64>() {
+            return serde_json::Value::from(whole);
+        }
         s.parse::<f64>()
             .ok()
             .and_then(serde_json::Number::from_f64)

@@ -87,8 +87,14 @@ mod tests {
         assert_eq!(
             evs,
             vec![
-                Event { event: None, data: "{\"a\":1}".into() },
-                Event { event: Some("done".into()), data: "x\ny".into() },
+                Event {
+                    event: None,
+                    data: "{\"a\":1}".into()
+                },
+                Event {
+                    event: Some("done".into()),
+                    data: "x\ny".into()
+                },
             ]
         );
         assert!(!d.has_partial());

@@ -1,1 +1,74 @@
-fn main() {}
+//! The tollgate binary: `serve` and the operator commands.
+
+mod cli;
+mod config;
+mod ops;
+mod serve;
+mod wiring;
+
+use clap::Parser;
+use cli::{Cli, Command, ConfigCmd};
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let flags = config::Overrides {
+        listen: match &cli.command {
+            Command::Serve { listen } => listen.clone(),
+            _ => None,
+        },
+        database_url: cli.global.database_url.clone(),
+    };
+    let config = match config::load(cli.global.config.as_deref(), &flags) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    init_tracing(&config.log_level, matches!(cli.command, Command::Serve { .. }));
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Serve { .. } => serve::run(config).await.map(|()| None),
+            Command::Account(c) => ops::account(&config, c).await.map(Some),
+            Command::Key(c) => ops::key(&config, c).await.map(Some),
+            Command::Billing(c) => ops::billing(&config, c).await.map(Some),
+            Command::Credits(c) => ops::credits(&config, c).await.map(Some),
+            Command::Ledger(c) => ops::ledger(&config, c).await.map(Some),
+            Command::Config(ConfigCmd::Show) => {
+                println!("{config:#?}");
+                Ok(None)
+            }
+        }
+    });
+    match result {
+        Ok(None) => ExitCode::SUCCESS,
+        Ok(Some(out)) => {
+            println!("{}", out.json);
+            if out.ok {
+                ExitCode::SUCCESS
+            } else {
+                eprintln!("error: the books disagree for the accounts listed");
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(level: &str, serving: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TOLLGATE_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(if serving { level } else { "warn" }))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}

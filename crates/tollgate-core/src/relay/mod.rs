@@ -103,3 +103,8 @@ impl Relay {
         self.inner.overages.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
+
+/// Loads the tokenizer tables now rather than on the first request.
+pub fn warm_up() {
+    tollgate_protocol::tokens::warm_up();
+}

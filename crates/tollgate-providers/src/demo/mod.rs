@@ -81,17 +81,34 @@ fn reply(request: &ChatRequest, natural: u64, limit: u64) -> (Vec<String>, bool)
 #[async_trait::async_trait]
 impl ChatProvider for Demo {
     async fn chat(&self, call: ChatCall) -> Result<ChatReply, ProviderError> {
-        let model = call.body.get("model").and_then(Value::as_str).unwrap_or("demo").to_owned();
-        let request = ChatRequest::from_value(Value::Object(call.body))
-            .map_err(|e| ProviderError::Status { status: 400, message: format!("{e:?}"), retry_after: None })?;
+        let model = call
+            .body
+            .get("model")
+            .and_then(Value::as_str)
+            .unwrap_or("demo")
+            .to_owned();
+        let request = ChatRequest::from_value(Value::Object(call.body)).map_err(|e| {
+            ProviderError::Status {
+                status: 400,
+                message: format!("{e:?}"),
+                retry_after: None,
+            }
+        })?;
         let natural = u64::from(self.config.reply_tokens.max(1));
         let limit = request.max_tokens.unwrap_or(natural);
         let (pieces, truncated) = reply(&request, natural, limit);
         let prompt_tokens = request.prompt_tokens();
         let completion_tokens: u64 = pieces.iter().map(|p| tokens::count(p)).sum();
-        let usage = Usage { prompt_tokens, completion_tokens, cached_tokens: 0 };
+        let usage = Usage {
+            prompt_tokens,
+            completion_tokens,
+            cached_tokens: 0,
+        };
         let finish = if truncated { "length" } else { "stop" };
-        let id = format!("chatcmpl-demo{:x}", prompt_tokens * 7919 + completion_tokens);
+        let id = format!(
+            "chatcmpl-demo{:x}",
+            prompt_tokens * 7919 + completion_tokens
+        );
         let created = chrono_like_now();
         if !call.stream {
             let body = json!({
@@ -100,7 +117,10 @@ impl ChatProvider for Demo {
                     "message": {"role": "assistant", "content": pieces.concat(), "refusal": null}}],
                 "usage": usage.to_openai(),
             });
-            return Ok(ChatReply::Complete { body, usage: Some(usage) });
+            return Ok(ChatReply::Complete {
+                body,
+                usage: Some(usage),
+            });
         }
         let delay = match self.config.tokens_per_second {
             0 => None,
@@ -110,19 +130,27 @@ impl ChatProvider for Demo {
             json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
         };
-        let mut events = vec![chunk(json!({"role": "assistant", "content": ""}), Value::Null)];
-        events.extend(pieces.into_iter().map(|p| chunk(json!({"content": p}), Value::Null)));
+        let mut events = vec![chunk(
+            json!({"role": "assistant", "content": ""}),
+            Value::Null,
+        )];
+        events.extend(
+            pieces
+                .into_iter()
+                .map(|p| chunk(json!({"content": p}), Value::Null)),
+        );
         events.push(chunk(json!({}), json!(finish)));
         let mut last = events[0].clone();
         last["choices"] = json!([]);
         last["usage"] = usage.to_openai();
         events.push(last);
-        let stream = futures::stream::iter(events.into_iter().enumerate()).then(move |(i, ev)| async move {
-            if let (Some(d), true) = (delay, i > 0) {
-                tokio::time::sleep(d).await;
-            }
-            Ok(ev)
-        });
+        let stream =
+            futures::stream::iter(events.into_iter().enumerate()).then(move |(i, ev)| async move {
+                if let (Some(d), true) = (delay, i > 0) {
+                    tokio::time::sleep(d).await;
+                }
+                Ok(ev)
+            });
         Ok(ChatReply::Stream(stream.boxed()))
     }
 }
@@ -140,33 +168,62 @@ mod tests {
     use crate::adapter::Timeouts;
 
     fn call(max: Option<u64>, stream: bool) -> ChatCall {
-        let mut body = json!({"model": "demo-chat", "messages": [{"role": "user", "content": "hello there"}]});
+        let mut body =
+            json!({"model": "demo-chat", "messages": [{"role": "user", "content": "hello there"}]});
         if let Some(m) = max {
             body["max_tokens"] = json!(m);
         }
-        let Value::Object(body) = body else { unreachable!() };
+        let Value::Object(body) = body else {
+            unreachable!()
+        };
         let t = Duration::from_secs(5);
-        ChatCall { body, stream, timeouts: Timeouts { connect: t, first_byte: t, total: t } }
+        ChatCall {
+            body,
+            stream,
+            timeouts: Timeouts {
+                connect: t,
+                first_byte: t,
+                total: t,
+            },
+        }
     }
 
     #[tokio::test]
     async fn replies_deterministically_within_the_limit() {
-        let demo = Demo::new(DemoConfig { tokens_per_second: 0, reply_tokens: 60 });
-        let ChatReply::Complete { body, usage } = demo.chat(call(Some(10), false)).await.unwrap() else { panic!() };
+        let demo = Demo::new(DemoConfig {
+            tokens_per_second: 0,
+            reply_tokens: 60,
+        });
+        let ChatReply::Complete { body, usage } = demo.chat(call(Some(10), false)).await.unwrap()
+        else {
+            panic!()
+        };
         let usage = usage.unwrap();
         assert_eq!(usage.completion_tokens, 10);
         assert_eq!(body["choices"][0]["finish_reason"], "length");
-        let ChatReply::Complete { body: again, .. } = demo.chat(call(Some(10), false)).await.unwrap() else { panic!() };
+        let ChatReply::Complete { body: again, .. } =
+            demo.chat(call(Some(10), false)).await.unwrap()
+        else {
+            panic!()
+        };
         assert_eq!(body["choices"], again["choices"]);
-        let ChatReply::Complete { usage, body } = demo.chat(call(None, false)).await.unwrap() else { panic!() };
+        let ChatReply::Complete { usage, body } = demo.chat(call(None, false)).await.unwrap()
+        else {
+            panic!()
+        };
         assert!(usage.unwrap().completion_tokens <= 60);
         assert_eq!(body["choices"][0]["finish_reason"], "stop");
     }
 
     #[tokio::test]
     async fn streams_content_then_usage() {
-        let demo = Demo::new(DemoConfig { tokens_per_second: 0, reply_tokens: 20 });
-        let ChatReply::Stream(s) = demo.chat(call(None, true)).await.unwrap() else { panic!() };
+        let demo = Demo::new(DemoConfig {
+            tokens_per_second: 0,
+            reply_tokens: 20,
+        });
+        let ChatReply::Stream(s) = demo.chat(call(None, true)).await.unwrap() else {
+            panic!()
+        };
         let chunks: Vec<Value> = s.map(Result::unwrap).collect().await;
         let mut text = String::new();
         for c in &chunks {

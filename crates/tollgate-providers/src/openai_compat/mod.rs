@@ -69,7 +69,9 @@ impl ChatProvider for OpenAiCompat {
         let body: Value = serde_json::from_slice(&bytes)
             .map_err(|e| ProviderError::Invalid(format!("response is not JSON: {e}")))?;
         if !body.get("choices").is_some_and(Value::is_array) {
-            return Err(ProviderError::Invalid("response has no `choices` array".into()));
+            return Err(ProviderError::Invalid(
+                "response has no `choices` array".into(),
+            ));
         }
         let usage = Usage::from_openai(body.get("usage"));
         Ok(ChatReply::Complete { body, usage })

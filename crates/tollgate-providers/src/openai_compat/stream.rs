@@ -69,7 +69,10 @@ fn push_event(st: &mut State, data: &str) {
     }
     match serde_json::from_str::<Value>(data) {
         Ok(v) if v.get("error").is_some() && v.get("choices").is_none() => {
-            let message = v["error"]["message"].as_str().unwrap_or("stream error").to_owned();
+            let message = v["error"]["message"]
+                .as_str()
+                .unwrap_or("stream error")
+                .to_owned();
             st.pending.push_back(Err(ProviderError::Status {
                 status: 500,
                 message,

@@ -1,0 +1,4 @@
+//! Extractors: the caller's key and size-limited request bodies.
+
+pub mod auth;
+pub mod body;

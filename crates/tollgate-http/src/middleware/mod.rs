@@ -1,0 +1,3 @@
+//! Middleware: request ids and the error-body finisher.
+
+pub mod request;

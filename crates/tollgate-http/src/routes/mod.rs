@@ -1,0 +1,5 @@
+//! Handlers, one file per endpoint, named after its path.
+
+pub mod fallback;
+pub mod health;
+pub mod v1;

@@ -1,0 +1,130 @@
+//! A fake OpenAI chat-completions server on loopback, recording what it receives.
+
+mod behaviour;
+mod reply;
+mod wire;
+
+pub use behaviour::{Behaviour, DEFAULT_REPLY_TOKENS};
+
+use axum::extract::State;
+use axum::http::{header, HeaderMap};
+use axum::response::Response;
+use axum::routing::post;
+use axum::Router;
+use bytes::Bytes;
+use serde_json::Value;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use tokio::task::JoinHandle;
+
+/// One request the fake received.
+struct Received {
+    body: Value,
+    authorization: Option<String>,
+}
+
+#[derive(Default)]
+struct Shared {
+    behaviour: Mutex<Behaviour>,
+    received: Mutex<Vec<Received>>,
+}
+
+/// A real HTTP server on `127.0.0.1` answering `POST /v1/chat/completions` as scripted by a
+/// [`Behaviour`]. It stops accepting connections when dropped.
+pub struct FakeOpenAi {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    server: JoinHandle<()>,
+}
+
+impl FakeOpenAi {
+    /// Binds a free loopback port and serves on a tokio task of the current runtime.
+    pub async fn start(behaviour: Behaviour) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        let addr = listener.local_addr().expect("bound address");
+        let shared = Arc::new(Shared {
+            behaviour: Mutex::new(behaviour),
+            ..Shared::default()
+        });
+        let app = Router::new()
+            .route("/v1/chat/completions", post(chat))
+            .with_state(shared.clone());
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .await
+                .expect("fake OpenAI server");
+        });
+        Self {
+            addr,
+            shared,
+            server,
+        }
+    }
+
+    /// The API root to configure an adapter with: `http://127.0.0.1:PORT/v1`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    /// Changes how the following requests are answered.
+    pub fn set_behaviour(&self, behaviour: Behaviour) {
+        *self.shared.behaviour.lock().unwrap() = behaviour;
+    }
+
+    /// The JSON bodies received so far, in order (`null` for a body that is not JSON).
+    pub fn requests(&self) -> Vec<Value> {
+        self.shared
+            .received
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|r| r.body.clone())
+            .collect()
+    }
+
+    /// The `Authorization` header of each request received so far, in order.
+    pub fn authorizations(&self) -> Vec<Option<String>> {
+        let received = self.shared.received.lock().unwrap();
+        received.iter().map(|r| r.authorization.clone()).collect()
+    }
+
+    /// How many requests were received so far.
+    pub fn request_count(&self) -> usize {
+        self.shared.received.lock().unwrap().len()
+    }
+}
+
+impl Drop for FakeOpenAi {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+async fn chat(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let ask = {
+        let mut received = shared.received.lock().unwrap();
+        let ask = wire::Ask::read(&body, received.len());
+        received.push(Received {
+            body,
+            authorization,
+        });
+        ask
+    };
+    let behaviour = shared.behaviour.lock().unwrap().clone();
+    reply::respond(behaviour, ask).await
+}
+
+/// A base URL (`http://127.0.0.1:PORT/v1`) on a port nothing listens on.
+pub fn closed_port_url() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+    let port = listener.local_addr().expect("bound address").port();
+    drop(listener);
+    format!("http://127.0.0.1:{port}/v1")
+}

@@ -1,0 +1,330 @@
+//! Layered configuration: compiled-in defaults → file → env (`TOLLGATE__SECTION__KEY`) →
+//! flags, parsed strictly (unknown keys name the field) and validated into typed values.
+
+use anyhow::{bail, Context};
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tollgate_core::money::{CreditRate, Credits};
+use tollgate_core::settings::{FreeTier, Settings};
+use tollgate_providers::demo::DemoConfig;
+use tollgate_providers::Timeouts;
+
+const DEFAULTS: &str = include_str!("../../../config/default.toml");
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    server: RawServer,
+    database: RawDatabase,
+    billing: RawBilling,
+    free_tier: RawFreeTier,
+    upstream: RawUpstream,
+    node: RawNode,
+    providers: RawProviders,
+    catalog: RawCatalog,
+    usage: RawUsage,
+    log: RawLog,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: String,
+    body_limit_bytes: u64,
+    shutdown_grace_seconds: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDatabase {
+    url: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBilling {
+    credits_per_usd: i64,
+    verified_grant_credits: i64,
+    low_balance_threshold_credits: i64,
+    billing_url: String,
+    prompt_margin_percent: u32,
+    hold_lease_seconds: u64,
+    reaper_interval_seconds: u64,
+    payment_provider: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFreeTier {
+    hourly_requests: u32,
+    max_in_flight: u32,
+    max_output_tokens: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstream {
+    connect_timeout_seconds: f64,
+    first_byte_timeout_seconds: f64,
+    total_timeout_seconds: f64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNode {
+    id: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProviders {
+    demo: RawDemo,
+    openai: RawOpenAi,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDemo {
+    enabled: bool,
+    tokens_per_second: u32,
+    reply_tokens: u32,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOpenAi {
+    api_key: String,
+    base_url: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCatalog {
+    files: Vec<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUsage {
+    flush_interval_ms: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    level: String,
+}
+
+/// A secret whose Debug output is redacted.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() { "\"\"" } else { "*****" })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct OpenAiConfig {
+    pub api_key: Secret,
+    pub base_url: String,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub body_limit: usize,
+    pub shutdown_grace: Duration,
+    pub database_url: String,
+    pub settings: Settings,
+    pub reaper_interval: Duration,
+    pub demo: Option<DemoConfig>,
+    /// `None` when no API key is configured: the provider and its models are off.
+    pub openai: Option<OpenAiConfig>,
+    pub catalog_files: Vec<PathBuf>,
+    pub usage_flush: Duration,
+    pub log_level: String,
+}
+
+/// Flag values that override every other layer.
+#[derive(Debug, Default, Serialize)]
+pub struct Overrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database_url: Option<String>,
+}
+
+pub fn load(file: Option<&Path>, flags: &Overrides) -> anyhow::Result<Config> {
+    let mut figment = Figment::from(Toml::string(DEFAULTS));
+    if let Some(path) = file {
+        if !path.is_file() {
+            bail!("config file {} does not exist", path.display());
+        }
+        figment = figment.merge(Toml::file(path));
+    }
+    figment = figment
+        .merge(Env::prefixed("TOLLGATE__").split("__"))
+        .merge(
+            Env::raw()
+                .only(&["OPENAI_API_KEY", "OPENAI_BASE_URL"])
+                .map(|k| format!("providers.openai.{}", k.as_str().trim_start_matches("openai_")).into()),
+        );
+    if let Some(listen) = &flags.listen {
+        figment = figment.merge(Serialized::default("server.listen", listen));
+    }
+    if let Some(url) = &flags.database_url {
+        figment = figment.merge(Serialized::default("database.url", url));
+    }
+    let raw: Raw = figment.extract().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+    validate(raw)
+}
+
+fn seconds(field: &str, v: f64) -> anyhow::Result<Duration> {
+    if !(v.is_finite() && v > 0.0) {
+        bail!("invalid configuration: `{field}` must be a positive number of seconds, got {v}");
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+fn validate(raw: Raw) -> anyhow::Result<Config> {
+    let listen: SocketAddr = raw
+        .server
+        .listen
+        .parse()
+        .with_context(|| format!("invalid configuration: `server.listen` = `{}` is not an address like 127.0.0.1:8080", raw.server.listen))?;
+    let url = raw.database.url.trim().to_owned();
+    if !(url.starts_with("sqlite:") || url.starts_with("postgres:") || url.starts_with("postgresql:")) {
+        bail!("invalid configuration: `database.url` = `{url}` must start with sqlite: or postgres:");
+    }
+    let b = &raw.billing;
+    if b.credits_per_usd <= 0 {
+        bail!("invalid configuration: `billing.credits_per_usd` must be positive");
+    }
+    if b.verified_grant_credits < 0 || b.low_balance_threshold_credits < 0 {
+        bail!("invalid configuration: `billing.verified_grant_credits` and `billing.low_balance_threshold_credits` must not be negative");
+    }
+    if b.payment_provider != "sandbox" {
+        bail!("invalid configuration: `billing.payment_provider` = `{}`: only `sandbox` is available", b.payment_provider);
+    }
+    if b.billing_url.trim().is_empty() {
+        bail!("invalid configuration: `billing.billing_url` must not be empty");
+    }
+    if b.hold_lease_seconds == 0 || b.reaper_interval_seconds == 0 {
+        bail!("invalid configuration: `billing.hold_lease_seconds` and `billing.reaper_interval_seconds` must be positive");
+    }
+    let u = &raw.upstream;
+    let timeouts = Timeouts {
+        connect: seconds("upstream.connect_timeout_seconds", u.connect_timeout_seconds)?,
+        first_byte: seconds("upstream.first_byte_timeout_seconds", u.first_byte_timeout_seconds)?,
+        total: seconds("upstream.total_timeout_seconds", u.total_timeout_seconds)?,
+    };
+    let lease = Duration::from_secs(b.hold_lease_seconds);
+    if lease <= timeouts.total {
+        bail!("invalid configuration: `billing.hold_lease_seconds` ({}) must exceed `upstream.total_timeout_seconds` ({}) so no live request loses its hold", b.hold_lease_seconds, u.total_timeout_seconds);
+    }
+    if raw.server.body_limit_bytes == 0 {
+        bail!("invalid configuration: `server.body_limit_bytes` must be positive");
+    }
+    let node_id = if raw.node.id.trim().is_empty() {
+        format!("{}:{}", hostname(), listen.port())
+    } else {
+        raw.node.id.trim().to_owned()
+    };
+    let openai = (!raw.providers.openai.api_key.trim().is_empty()).then(|| OpenAiConfig {
+        api_key: Secret(raw.providers.openai.api_key.trim().to_owned()),
+        base_url: raw.providers.openai.base_url.trim().to_owned(),
+    });
+    if let Some(o) = &openai {
+        if !(o.base_url.starts_with("http://") || o.base_url.starts_with("https://")) {
+            bail!("invalid configuration: `providers.openai.base_url` = `{}` must be an http(s) URL", o.base_url);
+        }
+    }
+    let demo = raw.providers.demo.enabled.then_some(DemoConfig {
+        tokens_per_second: raw.providers.demo.tokens_per_second,
+        reply_tokens: raw.providers.demo.reply_tokens.max(1),
+    });
+    Ok(Config {
+        listen,
+        body_limit: usize::try_from(raw.server.body_limit_bytes).unwrap_or(usize::MAX),
+        shutdown_grace: Duration::from_secs(raw.server.shutdown_grace_seconds),
+        database_url: url,
+        settings: Settings {
+            rate: CreditRate(b.credits_per_usd),
+            billing_url: b.billing_url.trim().to_owned(),
+            verified_grant: Credits(b.verified_grant_credits),
+            low_balance_threshold: Credits(b.low_balance_threshold_credits),
+            free_tier: FreeTier {
+                hourly_requests: raw.free_tier.hourly_requests,
+                max_in_flight: raw.free_tier.max_in_flight.max(1),
+                max_output_tokens: raw.free_tier.max_output_tokens.max(1),
+            },
+            prompt_margin_percent: b.prompt_margin_percent,
+            hold_lease: lease,
+            node_id,
+            upstream_timeouts: timeouts,
+        },
+        reaper_interval: Duration::from_secs(b.reaper_interval_seconds),
+        demo,
+        openai,
+        catalog_files: raw.catalog.files,
+        usage_flush: Duration::from_millis(raw.usage.flush_interval_ms),
+        log_level: raw.log.level,
+    })
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_file(text: &str) -> anyhow::Result<Config> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, text).unwrap();
+        load(Some(&path), &Overrides::default())
+    }
+
+    #[test]
+    fn defaults_are_valid_and_flags_win() {
+        let c = load(None, &Overrides { listen: Some("127.0.0.1:9999".into()), database_url: Some("sqlite://x.db".into()) }).unwrap();
+        assert_eq!(c.listen.port(), 9999);
+        assert_eq!(c.database_url, "sqlite://x.db");
+        assert_eq!(c.settings.verified_grant, Credits(50_000));
+        assert_eq!(c.settings.free_tier.max_output_tokens, 512);
+    }
+
+    #[test]
+    fn unknown_keys_name_the_field() {
+        let e = with_file("[server]\ncolour = \"blue\"\n").unwrap_err().to_string();
+        assert!(e.contains("colour"), "{e}");
+        let e = with_file("[nonsense]\nx = 1\n").unwrap_err().to_string();
+        assert!(e.contains("nonsense"), "{e}");
+    }
+
+    #[test]
+    fn wrong_types_and_values_are_refused() {
+        let e = with_file("[free_tier]\nhourly_requests = \"ten\"\n").unwrap_err().to_string();
+        assert!(e.contains("hourly_requests"), "{e}");
+        let e = with_file("[server]\nlisten = \"nowhere\"\n").unwrap_err().to_string();
+        assert!(e.contains("server.listen"), "{e}");
+        let e = with_file("[billing]\nhold_lease_seconds = 5\n").unwrap_err().to_string();
+        assert!(e.contains("hold_lease_seconds"), "{e}");
+        let c = with_file("[free_tier]\nhourly_requests = 3\n").unwrap();
+        assert_eq!(c.settings.free_tier.hourly_requests, 3);
+    }
+}

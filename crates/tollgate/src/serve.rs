@@ -1,0 +1,116 @@
+//! `tollgate serve`: start, serve, and shut down without losing a settlement.
+
+use crate::config::Config;
+use crate::wiring;
+use axum::serve::ListenerExt;
+use std::time::Duration;
+use tokio_util::task::TaskTracker;
+use tollgate_core::relay::Relay;
+use tollgate_core::usage::UsageWriter;
+use tollgate_http::AppState;
+
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    tollgate_protocol_warm_up();
+    let store = wiring::store(&config).await?;
+    let released = store.release_node_holds(&config.settings.node_id).await?;
+    if released > 0 {
+        tracing::warn!(released, node = %config.settings.node_id, "released holds left by this node's previous run (nothing charged)");
+    }
+    let registry = wiring::providers(&config)?;
+    let catalog = wiring::catalog(&config, &registry)?;
+    tracing::info!(models = catalog.models().len(), "catalogue loaded");
+    let (usage, usage_task) = UsageWriter::start(store.clone(), config.usage_flush);
+    let tasks = TaskTracker::new();
+    let relay = Relay::new(
+        store.clone(),
+        std::sync::Arc::new(catalog),
+        registry,
+        usage,
+        config.settings.clone(),
+        tasks.clone(),
+    );
+    let accounts = wiring::accounts(&config, store.clone());
+    let app = tollgate_http::router(AppState::new(relay, accounts, config.body_limit));
+
+    let reaper = tokio::spawn(reap(store.clone(), config.reaper_interval));
+    let listener = tokio::net::TcpListener::bind(config.listen).await?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, node = %config.settings.node_id, database = %redact(&config.database_url), "tollgate listening on http://{addr}");
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY");
+        }
+    });
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = stop_rx.await;
+            })
+            .await
+    });
+    shutdown_signal().await;
+    tracing::info!(grace = ?config.shutdown_grace, "shutting down: no new connections; finishing in-flight requests");
+    let _ = stop_tx.send(());
+    match tokio::time::timeout(config.shutdown_grace, server).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => tracing::error!(error = %e, "server error"),
+        Ok(Err(e)) => tracing::error!(error = %e, "server task failed"),
+        Err(_) => tracing::warn!("grace period over; remaining connections are cut (their holds are released or charged for what was delivered)"),
+    }
+    tasks.close();
+    if tokio::time::timeout(Duration::from_secs(10), tasks.wait()).await.is_err() {
+        tracing::error!("settlements still running at exit; their holds lapse with their lease");
+    }
+    reaper.abort();
+    if tokio::time::timeout(Duration::from_secs(10), usage_task).await.is_err() {
+        tracing::error!("usage log rows still unwritten at exit");
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn tollgate_protocol_warm_up() {
+    tollgate_core::relay::warm_up();
+}
+
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://*****{}", &url[..s], &url[at..]),
+        _ => url.to_owned(),
+    }
+}
+
+async fn reap(store: std::sync::Arc<dyn tollgate_core::store::Store>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        match store.release_expired_holds(chrono::Utc::now()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(released = n, "released holds whose lease expired (nothing charged)"),
+            Err(e) => tracing::error!(error = %e, "releasing expired holds failed"),
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
