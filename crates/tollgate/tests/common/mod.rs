@@ -1,0 +1,233 @@
+//! Test harness: runs the real `tollgate` binary on a loopback port with its own database,
+//! and drives it over HTTP and through its CLI.
+#![allow(dead_code)]
+
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
+pub const PASSWORD: &str = "correct-horse-battery";
+
+/// A database for one test: a fresh SQLite file, or a fresh PostgreSQL database.
+pub struct TestDb {
+    pub url: String,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestDb {
+    pub fn sqlite() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}/tollgate.db", dir.path().display());
+        Self { url, _dir: Some(dir) }
+    }
+
+    /// A new database on the local PostgreSQL server (`TOLLGATE_TEST_POSTGRES_URL`, default
+    /// `postgres://postgres@127.0.0.1:5432`). Fails loudly when the server is unreachable.
+    pub async fn postgres() -> Self {
+        let base = std::env::var("TOLLGATE_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
+        let name = format!("tg_it_{:016x}", rand::random::<u64>());
+        let admin = sqlx::PgPool::connect(&format!("{base}/postgres"))
+            .await
+            .unwrap_or_else(|e| panic!("PostgreSQL at {base} is required for this test: {e}"));
+        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&admin).await.expect("create database");
+        admin.close().await;
+        Self { url: format!("{base}/{name}"), _dir: None }
+    }
+}
+
+/// A running `tollgate serve`.
+pub struct Server {
+    pub child: Child,
+    pub base: String,
+    pub db_url: String,
+    env: Vec<(String, String)>,
+    pub logs: mpsc::Receiver<String>,
+}
+
+/// Env for a quick server: instant demo streams, short timeouts.
+pub fn fast_env() -> Vec<(String, String)> {
+    vec![
+        ("TOLLGATE__PROVIDERS__DEMO__TOKENS_PER_SECOND".into(), "0".into()),
+        ("TOLLGATE__USAGE__FLUSH_INTERVAL_MS".into(), "10".into()),
+    ]
+}
+
+impl Server {
+    pub fn start(db_url: &str, env: &[(&str, &str)]) -> Self {
+        let env: Vec<(String, String)> = fast_env()
+            .into_iter()
+            .chain(env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())))
+            .collect();
+        Self::spawn(db_url, env, "127.0.0.1:0")
+    }
+
+    fn spawn(db_url: &str, env: Vec<(String, String)>, listen: &str) -> Self {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["serve", "--listen", listen, "--database-url", db_url])
+            .env_remove("OPENAI_API_KEY")
+            .env_remove("OPENAI_BASE_URL")
+            .env("TOLLGATE_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in &env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn tollgate");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let base = loop {
+            let line = rx
+                .recv_timeout(Duration::from_secs(30))
+                .unwrap_or_else(|_| panic!("tollgate did not start (database {db_url})"));
+            if let Some(rest) = line.split("listening on http://").nth(1) {
+                let addr: String = rest.chars().take_while(|c| !c.is_whitespace()).collect();
+                break format!("http://{addr}");
+            }
+        };
+        Self { child, base, db_url: db_url.to_owned(), env, logs: rx }
+    }
+
+    /// Restarts on the same port and database.
+    pub fn restart_after_kill(mut self) -> Self {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let listen = self.base.trim_start_matches("http://").to_owned();
+        let env = std::mem::take(&mut self.env);
+        Self::spawn(&self.db_url.clone(), env, &listen)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Sends SIGTERM and waits for the process to exit.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
+        let status = self.child.wait().expect("wait");
+        std::mem::forget(self);
+        status
+    }
+
+    /// Log lines printed so far.
+    pub fn drain_logs(&self) -> Vec<String> {
+        self.logs.try_iter().collect()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs a CLI command against `db_url`; returns (exit ok, stdout JSON or Null, stderr).
+pub fn cli(db_url: &str, args: &[&str]) -> (bool, Value, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .args(["--database-url", db_url])
+        .env_remove("OPENAI_API_KEY")
+        .output()
+        .expect("run tollgate");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let json = serde_json::from_str(stdout.trim()).unwrap_or(Value::Null);
+    (out.status.success(), json, String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// Runs a CLI command that must succeed and print JSON.
+pub fn cli_ok(db_url: &str, args: &[&str]) -> Value {
+    let (ok, json, err) = cli(db_url, args);
+    assert!(ok, "tollgate {args:?} failed: {err}");
+    assert!(!json.is_null(), "tollgate {args:?} printed no JSON");
+    json
+}
+
+/// Creates an account with a regular key; `card` adds that sandbox card. Returns the key.
+pub fn account(db_url: &str, email: &str, card: Option<&str>) -> String {
+    cli_ok(db_url, &["account", "create", "--email", email, "--password", PASSWORD]);
+    if let Some(card) = card {
+        cli_ok(db_url, &["billing", "add-card", "--email", email, "--card", card]);
+    }
+    cli_ok(db_url, &["key", "create", "--email", email])["key"].as_str().expect("key").to_owned()
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder().timeout(Duration::from_secs(60)).build().expect("client")
+}
+
+pub fn chat_body(model: &str, extra: Value) -> Value {
+    let mut body = json!({"model": model, "messages": [{"role": "user", "content": "Say hello to the ledger"}]});
+    if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+        for (k, v) in e {
+            b.insert(k.clone(), v.clone());
+        }
+    }
+    body
+}
+
+pub async fn post_chat(server: &Server, key: &str, body: &Value) -> reqwest::Response {
+    client()
+        .post(server.url("/v1/chat/completions"))
+        .bearer_auth(key)
+        .json(body)
+        .send()
+        .await
+        .expect("request")
+}
+
+/// Asserts the SPEC §6 error body and returns its message.
+pub async fn expect_error(resp: reqwest::Response, status: u16, code: &str) -> String {
+    assert_eq!(resp.status().as_u16(), status, "status");
+    let path = resp.url().path().to_owned();
+    let body: Value = resp.json().await.expect("error body is JSON");
+    assert_error_shape(&body, status, code, &path);
+    body["message"].as_str().unwrap_or_default().to_owned()
+}
+
+pub fn assert_error_shape(body: &Value, status: u16, code: &str, path: &str) {
+    let obj = body.as_object().expect("object");
+    let mut keys: Vec<&str> = obj.keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    assert_eq!(keys, ["error", "message", "path", "requestId", "statusCode", "timestamp"], "{body}");
+    assert_eq!(body["statusCode"], json!(status.to_string()), "{body}");
+    assert_eq!(body["path"], json!(path), "{body}");
+    assert_eq!(body["error"]["code"], json!(code), "{body}");
+    assert_eq!(body["error"]["message"], body["message"], "{body}");
+    assert!(body["error"]["type"].as_str().is_some_and(|t| !t.is_empty()), "{body}");
+    let id = body["requestId"].as_str().expect("requestId");
+    assert_eq!(id.len(), 36, "{body}");
+    let ts = body["timestamp"].as_str().expect("timestamp");
+    assert!(ts.len() == 24 && ts.ends_with('Z') && ts.as_bytes()[19] == b'.', "timestamp {ts}");
+}
+
+/// The account's balance through the API.
+pub async fn balance(server: &Server, key: &str) -> Value {
+    client()
+        .get(server.url("/v1/billing/balance"))
+        .bearer_auth(key)
+        .send()
+        .await
+        .expect("balance")
+        .json()
+        .await
+        .expect("balance JSON")
+}
+
+/// Reads an SSE body into its data payloads.
+pub fn sse_data(text: &str) -> Vec<String> {
+    text.split("\n\n")
+        .filter_map(|ev| ev.lines().find_map(|l| l.strip_prefix("data: ")).map(str::to_owned))
+        .collect()
+}
