@@ -232,11 +232,8 @@ fn validate(raw: Raw) -> anyhow::Result<Config> {
     if raw.server.body_limit_bytes == 0 {
         bail!("invalid configuration: `server.body_limit_bytes` must be positive");
     }
-    let node_id = if raw.node.id.trim().is_empty() {
-        format!("{}:{}", hostname(), listen.port())
-    } else {
-        raw.node.id.trim().to_owned()
-    };
+    // Empty until `serve` knows its bound port (see `node_id_for`).
+    let node_id = raw.node.id.trim().to_owned();
     let openai = (!raw.providers.openai.api_key.trim().is_empty()).then(|| OpenAiConfig {
         api_key: Secret(raw.providers.openai.api_key.trim().to_owned()),
         base_url: raw.providers.openai.base_url.trim().to_owned(),
@@ -277,6 +274,16 @@ fn validate(raw: Raw) -> anyhow::Result<Config> {
         usage_flush: Duration::from_millis(raw.usage.flush_interval_ms),
         log_level: raw.log.level,
     })
+}
+
+/// The configured node id, else `<hostname>:<bound port>`: stable across restarts on the same
+/// port, distinct for nodes sharing a host.
+pub fn node_id_for(configured: &str, port: u16) -> String {
+    if configured.is_empty() {
+        format!("{}:{port}", hostname())
+    } else {
+        configured.to_owned()
+    }
 }
 
 fn hostname() -> String {

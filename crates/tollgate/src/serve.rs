@@ -9,8 +9,11 @@ use tollgate_core::relay::Relay;
 use tollgate_core::usage::UsageWriter;
 use tollgate_http::AppState;
 
-pub async fn run(config: Config) -> anyhow::Result<()> {
-    tollgate_protocol_warm_up();
+pub async fn run(mut config: Config) -> anyhow::Result<()> {
+    tollgate_core::relay::warm_up();
+    let listener = tokio::net::TcpListener::bind(config.listen).await?;
+    let addr = listener.local_addr()?;
+    config.settings.node_id = crate::config::node_id_for(&config.settings.node_id, addr.port());
     let store = wiring::store(&config).await?;
     let released = store.release_node_holds(&config.settings.node_id).await?;
     if released > 0 {
@@ -33,8 +36,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let app = tollgate_http::router(AppState::new(relay, accounts, config.body_limit));
 
     let reaper = tokio::spawn(reap(store.clone(), config.reaper_interval));
-    let listener = tokio::net::TcpListener::bind(config.listen).await?;
-    let addr = listener.local_addr()?;
     tracing::info!(%addr, node = %config.settings.node_id, database = %redact(&config.database_url), "tollgate listening on http://{addr}");
     let listener = listener.tap_io(|tcp| {
         if let Err(e) = tcp.set_nodelay(true) {
@@ -69,10 +70,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
-}
-
-fn tollgate_protocol_warm_up() {
-    tollgate_core::relay::warm_up();
 }
 
 fn redact(url: &str) -> String {

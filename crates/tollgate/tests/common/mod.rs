@@ -45,6 +45,8 @@ pub struct Server {
     pub db_url: String,
     env: Vec<(String, String)>,
     pub logs: mpsc::Receiver<String>,
+    /// Lines printed before the server was listening.
+    startup: Vec<String>,
 }
 
 /// Env for a quick server: instant demo streams, short timeouts.
@@ -86,16 +88,18 @@ impl Server {
                 }
             }
         });
+        let mut startup = Vec::new();
         let base = loop {
             let line = rx
                 .recv_timeout(Duration::from_secs(30))
-                .unwrap_or_else(|_| panic!("tollgate did not start (database {db_url})"));
+                .unwrap_or_else(|_| panic!("tollgate did not start (database {db_url}): {startup:?}"));
+            startup.push(line.clone());
             if let Some(rest) = line.split("listening on http://").nth(1) {
                 let addr: String = rest.chars().take_while(|c| !c.is_whitespace()).collect();
                 break format!("http://{addr}");
             }
         };
-        Self { child, base, db_url: db_url.to_owned(), env, logs: rx }
+        Self { child, base, db_url: db_url.to_owned(), env, logs: rx, startup }
     }
 
     /// Restarts on the same port and database.
@@ -122,7 +126,7 @@ impl Server {
 
     /// Log lines printed so far.
     pub fn drain_logs(&self) -> Vec<String> {
-        self.logs.try_iter().collect()
+        self.startup.iter().cloned().chain(self.logs.try_iter()).collect()
     }
 }
 
