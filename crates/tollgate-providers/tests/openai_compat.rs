@@ -225,6 +225,26 @@ async fn silent_upstream_misses_the_first_byte_deadline() {
 }
 
 #[tokio::test]
+async fn stream_without_a_first_event_misses_the_first_byte_deadline() {
+    let slow = Behaviour::Normal {
+        reply_tokens: 2,
+        chunk_delay: FIRST_BYTE + SLACK,
+    };
+    let fake = FakeOpenAi::start(slow).await;
+    let started = Instant::now();
+    let items = drain(chat(&fake, call(true)).await.unwrap()).await;
+    let took = started.elapsed();
+    assert_eq!(
+        items,
+        vec![Err(ProviderError::Timeout(Deadline::FirstByte))]
+    );
+    assert!(
+        took >= FIRST_BYTE && took < FIRST_BYTE + SLACK,
+        "took {took:?}"
+    );
+}
+
+#[tokio::test]
 async fn stalled_stream_yields_its_chunks_then_misses_the_total_deadline() {
     let fake = FakeOpenAi::start(Behaviour::HangAfter { chunks: 2 }).await;
     let started = Instant::now();
@@ -268,21 +288,4 @@ async fn non_json_body_is_invalid() {
     let err = chat(&fake, call(false)).await.unwrap_err();
     assert!(matches!(err, ProviderError::Invalid(_)), "{err:?}");
     assert!(!err.is_retryable());
-}
-
-#[tokio::test]
-async fn scratch_probe() {
-    let fake = FakeOpenAi::start(Behaviour::NotJson).await;
-    let r = chat(&fake, call(true)).await;
-    match r {
-        Ok(r) => eprintln!("PROBE stream NotJson: {:?}", drain(r).await),
-        Err(e) => eprintln!("PROBE stream NotJson err: {e:?}"),
-    }
-    fake.set_behaviour(Behaviour::Normal { reply_tokens: 2, chunk_delay: Duration::from_millis(500) });
-    let t = Instant::now();
-    let r = chat(&fake, call(true)).await;
-    match r {
-        Ok(r) => eprintln!("PROBE slow first event: {:?} after {:?}", drain(r).await.first(), t.elapsed()),
-        Err(e) => eprintln!("PROBE slow first event err: {e:?}"),
-    }
 }

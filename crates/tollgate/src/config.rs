@@ -174,7 +174,10 @@ pub fn load(file: Option<&Path>, flags: &Overrides) -> anyhow::Result<Config> {
         .merge(
             Env::raw()
                 .only(&["OPENAI_API_KEY", "OPENAI_BASE_URL"])
-                .map(|k| format!("providers.openai.{}", k.as_str().trim_start_matches("openai_")).into()),
+                .map(|k| {
+                    let name = k.as_str().to_ascii_lowercase();
+                    format!("providers.openai.{}", name.trim_start_matches("openai_")).into()
+                }),
         );
     if let Some(listen) = &flags.listen {
         figment = figment.merge(Serialized::default("server.listen", listen));

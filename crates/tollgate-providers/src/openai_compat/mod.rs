@@ -38,7 +38,8 @@ impl OpenAiCompat {
 #[async_trait::async_trait]
 impl ChatProvider for OpenAiCompat {
     async fn chat(&self, call: ChatCall) -> Result<ChatReply, ProviderError> {
-        let deadline = tokio::time::Instant::now() + call.timeouts.total;
+        let started = tokio::time::Instant::now();
+        let deadline = started + call.timeouts.total;
         let request = self
             .client
             .post(&self.chat_url)
@@ -59,7 +60,12 @@ impl ChatProvider for OpenAiCompat {
             return Err(error::from_response(response, deadline).await);
         }
         if call.stream {
-            return Ok(ChatReply::Stream(stream::chunks(response, deadline)));
+            let first_event = started + first_byte;
+            return Ok(ChatReply::Stream(stream::chunks(
+                response,
+                first_event,
+                deadline,
+            )));
         }
         let bytes = match tokio::time::timeout_at(deadline, response.bytes()).await {
             Err(_) => return Err(ProviderError::Timeout(Deadline::Total)),

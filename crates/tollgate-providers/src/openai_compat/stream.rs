@@ -11,15 +11,22 @@ struct State {
     body: futures::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
     decoder: Decoder,
     pending: VecDeque<Result<Value, ProviderError>>,
+    /// The first-byte deadline, until the first event arrives.
+    first_event: Option<tokio::time::Instant>,
     deadline: tokio::time::Instant,
     done: bool,
 }
 
-pub(super) fn chunks(response: reqwest::Response, deadline: tokio::time::Instant) -> ChunkStream {
+pub(super) fn chunks(
+    response: reqwest::Response,
+    first_event: tokio::time::Instant,
+    deadline: tokio::time::Instant,
+) -> ChunkStream {
     let state = State {
         body: response.bytes_stream().boxed(),
         decoder: Decoder::new(),
         pending: VecDeque::new(),
+        first_event: Some(first_event),
         deadline,
         done: false,
     };
@@ -35,10 +42,14 @@ pub(super) fn chunks(response: reqwest::Response, deadline: tokio::time::Instant
             if st.done {
                 return None;
             }
-            match tokio::time::timeout_at(st.deadline, st.body.next()).await {
+            let (until, missed) = match st.first_event {
+                Some(at) if at < st.deadline => (at, Deadline::FirstByte),
+                _ => (st.deadline, Deadline::Total),
+            };
+            match tokio::time::timeout_at(until, st.body.next()).await {
                 Err(_) => {
                     st.done = true;
-                    return Some((Err(ProviderError::Timeout(Deadline::Total)), st));
+                    return Some((Err(ProviderError::Timeout(missed)), st));
                 }
                 Ok(None) => {
                     st.done = true;
@@ -50,6 +61,7 @@ pub(super) fn chunks(response: reqwest::Response, deadline: tokio::time::Instant
                 }
                 Ok(Some(Ok(bytes))) => {
                     for event in st.decoder.feed(&bytes) {
+                        st.first_event = None;
                         if st.done {
                             break;
                         }

@@ -18,12 +18,29 @@ enum End {
     Cut,
 }
 
+/// What a reply's `usage` says.
+#[derive(Clone, Copy)]
+enum Reported {
+    Nothing,
+    Truth,
+    Completion(u64),
+}
+
+impl Reported {
+    fn object(self, prompt_tokens: u64, delivered: usize) -> Option<serde_json::Value> {
+        match self {
+            Self::Nothing => None,
+            Self::Truth => Some(wire::usage(prompt_tokens, delivered as u64)),
+            Self::Completion(n) => Some(wire::usage(prompt_tokens, n)),
+        }
+    }
+}
+
 /// A successful reply: its length, pacing, reported usage and ending.
 struct Script {
     reply_tokens: u32,
     delay: Duration,
-    /// `None`: no usage; `Some(None)`: the true count; `Some(Some(n))`: `n` completion tokens.
-    usage: Option<Option<u64>>,
+    usage: Reported,
     end: End,
 }
 
@@ -40,16 +57,16 @@ pub(super) async fn respond(behaviour: Behaviour, ask: Ask) -> Response {
             chunk_delay,
         } => Script {
             delay: chunk_delay,
-            ..script(reply_tokens, Some(None), End::Done)
+            ..script(reply_tokens, Reported::Truth, End::Done)
         },
-        Behaviour::NoUsage => script(DEFAULT_REPLY_TOKENS, None, End::Done),
+        Behaviour::NoUsage => script(DEFAULT_REPLY_TOKENS, Reported::Nothing, End::Done),
         Behaviour::LieUsage { completion_tokens } => script(
             DEFAULT_REPLY_TOKENS,
-            Some(Some(completion_tokens)),
+            Reported::Completion(completion_tokens),
             End::Done,
         ),
-        Behaviour::HangAfter { chunks } => script(chunks, None, End::Hang),
-        Behaviour::CutAfter { chunks } => script(chunks, None, End::Cut),
+        Behaviour::HangAfter { chunks } => script(chunks, Reported::Nothing, End::Hang),
+        Behaviour::CutAfter { chunks } => script(chunks, Reported::Nothing, End::Cut),
         Behaviour::Hang => return std::future::pending().await,
         Behaviour::NotJson => {
             let html = "<html><body>502 Bad Gateway</body></html>";
@@ -80,9 +97,7 @@ pub(super) async fn respond(behaviour: Behaviour, ask: Ask) -> Response {
 
 fn json_reply(ask: &Ask, script: &Script) -> Response {
     let (words, finish) = ask.words(script.reply_tokens);
-    let usage = script
-        .usage
-        .map(|lie| wire::usage(ask.prompt_tokens, lie.unwrap_or(words.len() as u64)));
+    let usage = script.usage.object(ask.prompt_tokens, words.len());
     let body = Bytes::from(ask.completion(&words, finish, usage).to_string());
     let pieces = match script.end {
         End::Done => vec![body],
@@ -102,11 +117,9 @@ fn stream_reply(ask: &Ask, script: &Script) -> Response {
     }
     if let End::Done = script.end {
         events.push(wire::event(&ask.chunk(json!({}), Some(finish))));
-        if let (true, Some(lie)) = (ask.include_usage, script.usage) {
-            let completion = lie.unwrap_or(words.len() as u64);
-            events.push(wire::event(
-                &ask.usage_chunk(wire::usage(ask.prompt_tokens, completion)),
-            ));
+        let usage = script.usage.object(ask.prompt_tokens, words.len());
+        if let (true, Some(usage)) = (ask.include_usage, usage) {
+            events.push(wire::event(&ask.usage_chunk(usage)));
         }
         events.push(Bytes::from_static(wire::DONE));
     }
