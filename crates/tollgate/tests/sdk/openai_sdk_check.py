@@ -126,10 +126,12 @@ def permission_denied_when_credits_are_exhausted():
         lambda: client(BROKE_KEY).chat.completions.create(model=PRO, messages=MESSAGES),
         code="credits_exhausted",
     )
-    assert e.message == (
+    # The SDK prefixes its message with the status; the error body carries ours exactly.
+    assert e.message.endswith(e.body["message"])
+    assert e.body["message"] == (
         "You have exhausted the available [plan.rule:api_token] resource limit. Update your payment "
         f"method to continue using the service. For more information please visit {BILLING_URL}"
-    ), e.message
+    ), e.body
 
 
 @check
@@ -163,7 +165,7 @@ def rate_limit_error_on_the_free_tier():
             break
     assert e is not None, "the hourly limit never applied"
     assert e.code == "free_tier_limit"
-    assert e.message.startswith("Free-tier limit: You've reached your free limit for the hour.")
+    assert e.body["message"].startswith("Free-tier limit: You've reached your free limit for the hour."), e.body
     assert int(e.response.headers["retry-after"]) > 0
 
 
