@@ -79,7 +79,10 @@ mod tests {
 
     #[test]
     fn emails_are_normalised() {
-        assert_eq!(normalize_email(" A@Example.com ").as_deref(), Some("a@example.com"));
+        assert_eq!(
+            normalize_email(" A@Example.com ").as_deref(),
+            Some("a@example.com")
+        );
         assert_eq!(normalize_email("nope"), None);
         assert_eq!(normalize_email("a@b"), None);
     }

@@ -7,13 +7,17 @@ const URL_SAFE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwx
 /// A 21-character URL-safe id (126 random bits), used for inference ids.
 pub fn inference_id() -> String {
     let mut rng = rand::thread_rng();
-    (0..21).map(|_| URL_SAFE[rng.gen_range(0..64)] as char).collect()
+    (0..21)
+        .map(|_| URL_SAFE[rng.gen_range(0..64)] as char)
+        .collect()
 }
 
 /// Whether a client-supplied request id is acceptable: 1–128 of `A–Z a–z 0–9 . _ : -`.
 pub fn valid_client_request_id(id: &str) -> bool {
     (1..=128).contains(&id.len())
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
 }
 
 #[cfg(test)]

@@ -139,7 +139,10 @@ mod tests {
     fn keys_are_32_hex_with_an_8_char_prefix_and_hash_only() {
         let k = generate();
         assert_eq!(k.key.len(), 32);
-        assert!(k.key.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+        assert!(k
+            .key
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
         assert_eq!(k.prefix, &k.key[..8]);
         assert_eq!(k.hash, hash(&k.key));
         assert_ne!(k.hash, k.key);
@@ -149,9 +152,21 @@ mod tests {
     #[test]
     fn periods_start_at_utc_midnight_monday_and_the_first() {
         let now = Utc.with_ymd_and_hms(2026, 11, 25, 14, 3, 9).unwrap(); // a Wednesday
-        assert_eq!(Retention::Day.period_start(now), Utc.with_ymd_and_hms(2026, 11, 25, 0, 0, 0).unwrap());
-        assert_eq!(Retention::Week.period_start(now), Utc.with_ymd_and_hms(2026, 11, 23, 0, 0, 0).unwrap());
-        assert_eq!(Retention::Month.period_start(now), Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).unwrap());
-        assert_eq!(Retention::NoReset.period_start(now), DateTime::<Utc>::UNIX_EPOCH);
+        assert_eq!(
+            Retention::Day.period_start(now),
+            Utc.with_ymd_and_hms(2026, 11, 25, 0, 0, 0).unwrap()
+        );
+        assert_eq!(
+            Retention::Week.period_start(now),
+            Utc.with_ymd_and_hms(2026, 11, 23, 0, 0, 0).unwrap()
+        );
+        assert_eq!(
+            Retention::Month.period_start(now),
+            Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).unwrap()
+        );
+        assert_eq!(
+            Retention::NoReset.period_start(now),
+            DateTime::<Utc>::UNIX_EPOCH
+        );
     }
 }

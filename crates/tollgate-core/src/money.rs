@@ -4,7 +4,9 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 
 /// An amount of credits. All money inside tollgate is this integer; never a float.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(transparent)]
 pub struct Credits(pub i64);
 
@@ -45,7 +47,11 @@ impl CreditRate {
         let c = c.abs();
         let whole = c / rate;
         let nanos = ((c % rate) * 1_000_000_000 + rate / 2) / rate;
-        let (whole, nanos) = if nanos >= 1_000_000_000 { (whole + 1, nanos - 1_000_000_000) } else { (whole, nanos) };
+        let (whole, nanos) = if nanos >= 1_000_000_000 {
+            (whole + 1, nanos - 1_000_000_000)
+        } else {
+            (whole, nanos)
+        };
         if nanos == 0 {
             return format!("{sign}{whole}");
         }

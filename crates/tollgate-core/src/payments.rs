@@ -32,13 +32,17 @@ fn luhn_ok(digits: &[u8]) -> bool {
             let d = u32::from(*d);
             if i % 2 == 1 {
                 let x = d * 2;
-                if x > 9 { x - 9 } else { x }
+                if x > 9 {
+                    x - 9
+                } else {
+                    x
+                }
             } else {
                 d
             }
         })
         .sum();
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 #[async_trait::async_trait]
@@ -65,7 +69,8 @@ impl PaymentProvider for Sandbox {
             6 => "discover",
             _ => "unknown",
         };
-        let fingerprint = hex::encode(&Sha256::digest(format!("sandbox-card:{clean}").as_bytes())[..8]);
+        let fingerprint =
+            hex::encode(&Sha256::digest(format!("sandbox-card:{clean}").as_bytes())[..8]);
         Ok(SavedCard {
             id: format!("card_{}", crate::ids::inference_id()),
             fingerprint,
@@ -88,8 +93,17 @@ mod tests {
         assert_eq!((a.brand.as_str(), a.last4.as_str()), ("visa", "4242"));
         let c = s.save_card("x", "5555555555554444").await.unwrap();
         assert_ne!(c.fingerprint, a.fingerprint);
-        assert_eq!(s.save_card("x", "4000000000000002").await.unwrap_err(), PaymentError::Declined("card_declined"));
-        assert!(matches!(s.save_card("x", "4242424242424241").await, Err(PaymentError::Invalid(_))));
-        assert!(matches!(s.save_card("x", "abc").await, Err(PaymentError::Invalid(_))));
+        assert_eq!(
+            s.save_card("x", "4000000000000002").await.unwrap_err(),
+            PaymentError::Declined("card_declined")
+        );
+        assert!(matches!(
+            s.save_card("x", "4242424242424241").await,
+            Err(PaymentError::Invalid(_))
+        ));
+        assert!(matches!(
+            s.save_card("x", "abc").await,
+            Err(PaymentError::Invalid(_))
+        ));
     }
 }

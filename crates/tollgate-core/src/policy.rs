@@ -40,12 +40,18 @@ impl Admission {
         if held >= self.max {
             return self.max_output;
         }
-        (self.price.affordable_output(held, self.prompt_tokens) / self.choices.max(1)).clamp(1, self.max_output)
+        (self.price.affordable_output(held, self.prompt_tokens) / self.choices.max(1))
+            .clamp(1, self.max_output)
     }
 }
 
 /// Checks key kind, scope, model, tier and free-tier rules, and computes the hold bounds.
-pub fn admit(settings: &Settings, catalog: &Catalog, who: &Principal, req: &ChatRequest) -> Result<Admission, Error> {
+pub fn admit(
+    settings: &Settings,
+    catalog: &Catalog,
+    who: &Principal,
+    req: &ChatRequest,
+) -> Result<Admission, Error> {
     require_model_scope(&who.key, "model:chat")?;
     let model = catalog
         .get(&req.model)
@@ -58,7 +64,11 @@ pub fn admit(settings: &Settings, catalog: &Catalog, who: &Principal, req: &Chat
             billing_url: settings.billing_url.clone(),
         });
     }
-    let mut max_output = req.max_tokens.unwrap_or(model.output_max).min(model.output_max).max(1);
+    let mut max_output = req
+        .max_tokens
+        .unwrap_or(model.output_max)
+        .min(model.output_max)
+        .max(1);
     let free_tier = if tier == Tier::Free {
         if req.has_image {
             return Err(Error::Unsupported(
@@ -74,7 +84,8 @@ pub fn admit(settings: &Settings, catalog: &Catalog, who: &Principal, req: &Chat
         None
     };
     let raw_prompt = req.prompt_tokens();
-    let prompt_tokens = raw_prompt + (raw_prompt * u64::from(settings.prompt_margin_percent)).div_ceil(100);
+    let prompt_tokens =
+        raw_prompt + (raw_prompt * u64::from(settings.prompt_margin_percent)).div_ceil(100);
     let price = model.price();
     let choices = req.choices.max(1);
     let cost = |output: u64| {

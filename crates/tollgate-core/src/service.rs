@@ -4,7 +4,9 @@ use crate::accounts::{normalize_email, Account};
 use crate::keys::{self, KeyKind};
 use crate::money::Credits;
 use crate::payments::{PaymentError, PaymentProvider};
-use crate::store::{CardOutcome, Direction, Discrepancy, EntryType, LedgerWrite, NewKey, Store, StoreError};
+use crate::store::{
+    CardOutcome, Direction, Discrepancy, EntryType, LedgerWrite, NewKey, Store, StoreError,
+};
 use argon2::password_hash::{rand_core::OsRng, PasswordHasher, SaltString};
 use argon2::Argon2;
 use chrono::Utc;
@@ -54,11 +56,16 @@ pub struct Accounts {
 
 impl Accounts {
     pub fn new(store: Arc<dyn Store>, payments: Arc<dyn PaymentProvider>, grant: Credits) -> Self {
-        Self { store, payments, grant }
+        Self {
+            store,
+            payments,
+            grant,
+        }
     }
 
     pub async fn create(&self, email: &str, password: &str) -> Result<Account, ServiceError> {
-        let email = normalize_email(email).ok_or_else(|| ServiceError::InvalidEmail(email.to_owned()))?;
+        let email =
+            normalize_email(email).ok_or_else(|| ServiceError::InvalidEmail(email.to_owned()))?;
         if password.chars().count() < 8 {
             return Err(ServiceError::WeakPassword);
         }
@@ -75,14 +82,20 @@ impl Accounts {
     }
 
     pub async fn by_email(&self, email: &str) -> Result<Account, ServiceError> {
-        let normal = normalize_email(email).ok_or_else(|| ServiceError::InvalidEmail(email.to_owned()))?;
+        let normal =
+            normalize_email(email).ok_or_else(|| ServiceError::InvalidEmail(email.to_owned()))?;
         self.store
             .account_by_email(&normal)
             .await?
-            .ok_or_else(|| ServiceError::NoSuchAccount(normal))
+            .ok_or(ServiceError::NoSuchAccount(normal))
     }
 
-    pub async fn create_key(&self, account_id: &str, name: &str, kind: KeyKind) -> Result<CreatedKey, ServiceError> {
+    pub async fn create_key(
+        &self,
+        account_id: &str,
+        name: &str,
+        kind: KeyKind,
+    ) -> Result<CreatedKey, ServiceError> {
         // A prefix collision (1 in 2^32 per pair) is retried with a fresh key.
         for _ in 0..5 {
             let secret = keys::generate();
@@ -96,7 +109,13 @@ impl Accounts {
                 kind,
             };
             match self.store.create_key(new).await {
-                Ok(_) => return Ok(CreatedKey { key: secret.key, prefix: secret.prefix, id }),
+                Ok(_) => {
+                    return Ok(CreatedKey {
+                        key: secret.key,
+                        prefix: secret.prefix,
+                        id,
+                    })
+                }
                 Err(StoreError::Conflict(_)) => continue,
                 Err(e) => return Err(e.into()),
             }
@@ -106,14 +125,27 @@ impl Accounts {
 
     /// Saves a card (no charge) and gives the one-time grant if this account and this card
     /// have never had it.
-    pub async fn add_card(&self, account_id: &str, number: &str) -> Result<CardOutcome, ServiceError> {
+    pub async fn add_card(
+        &self,
+        account_id: &str,
+        number: &str,
+    ) -> Result<CardOutcome, ServiceError> {
         let card = self.payments.save_card(account_id, number).await?;
         Ok(self.store.add_card(account_id, card, self.grant).await?)
     }
 
     /// An operator's grant (positive) or deduction (negative), as an `ADJUSTMENT` entry.
-    pub async fn adjust(&self, account_id: &str, credits: i64, reason: &str) -> Result<Credits, ServiceError> {
-        let (direction, amount) = if credits >= 0 { (Direction::Topup, credits) } else { (Direction::Charge, -credits) };
+    pub async fn adjust(
+        &self,
+        account_id: &str,
+        credits: i64,
+        reason: &str,
+    ) -> Result<Credits, ServiceError> {
+        let (direction, amount) = if credits >= 0 {
+            (Direction::Topup, credits)
+        } else {
+            (Direction::Charge, -credits)
+        };
         Ok(self
             .store
             .write_ledger(LedgerWrite {

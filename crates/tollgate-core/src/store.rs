@@ -186,7 +186,12 @@ pub struct Discrepancy {
 pub trait Store: Send + Sync + 'static {
     async fn ping(&self) -> Result<(), StoreError>;
 
-    async fn create_account(&self, id: &str, email: &str, password_hash: &str) -> Result<Account, StoreError>;
+    async fn create_account(
+        &self,
+        id: &str,
+        email: &str,
+        password_hash: &str,
+    ) -> Result<Account, StoreError>;
     async fn account(&self, id: &str) -> Result<Option<Account>, StoreError>;
     async fn account_by_email(&self, email: &str) -> Result<Option<Account>, StoreError>;
 
@@ -196,7 +201,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Saves a card and marks the account as having a billing method; grants `grant` once per
     /// account and once per card fingerprint, as a `BONUS` entry.
-    async fn add_card(&self, account_id: &str, card: SavedCard, grant: Credits) -> Result<CardOutcome, StoreError>;
+    async fn add_card(
+        &self,
+        account_id: &str,
+        card: SavedCard,
+        grant: Credits,
+    ) -> Result<CardOutcome, StoreError>;
 
     /// Appends a ledger entry and moves the balance; returns the new balance. A charge that
     /// would take the available balance below zero is refused.

@@ -57,7 +57,10 @@ pub struct UsageWriter {
 impl UsageWriter {
     /// Starts the writer; the returned handle finishes once every sender is dropped and the
     /// last rows are written.
-    pub fn start(store: Arc<dyn Store>, flush_every: Duration) -> (Self, tokio::task::JoinHandle<()>) {
+    pub fn start(
+        store: Arc<dyn Store>,
+        flush_every: Duration,
+    ) -> (Self, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let task = tokio::spawn(run(store, rx, flush_every));
         (Self { tx }, task)
@@ -70,7 +73,11 @@ impl UsageWriter {
     }
 }
 
-async fn run(store: Arc<dyn Store>, mut rx: mpsc::UnboundedReceiver<UsageRecord>, flush_every: Duration) {
+async fn run(
+    store: Arc<dyn Store>,
+    mut rx: mpsc::UnboundedReceiver<UsageRecord>,
+    flush_every: Duration,
+) {
     let mut batch = Vec::with_capacity(BATCH);
     loop {
         let n = rx.recv_many(&mut batch, BATCH).await;

@@ -4,7 +4,11 @@ use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
 #[derive(Debug, Parser)]
-#[command(name = "tollgate", version, about = "Self-hostable AI model API platform")]
+#[command(
+    name = "tollgate",
+    version,
+    about = "Self-hostable AI model API platform"
+)]
 pub struct Cli {
     #[command(flatten)]
     pub global: Global,

@@ -185,7 +185,9 @@ pub fn load(file: Option<&Path>, flags: &Overrides) -> anyhow::Result<Config> {
     if let Some(url) = &flags.database_url {
         figment = figment.merge(Serialized::default("database.url", url));
     }
-    let raw: Raw = figment.extract().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+    let raw: Raw = figment
+        .extract()
+        .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
     validate(raw)
 }
 
@@ -197,14 +199,20 @@ fn seconds(field: &str, v: f64) -> anyhow::Result<Duration> {
 }
 
 fn validate(raw: Raw) -> anyhow::Result<Config> {
-    let listen: SocketAddr = raw
-        .server
-        .listen
-        .parse()
-        .with_context(|| format!("invalid configuration: `server.listen` = `{}` is not an address like 127.0.0.1:8080", raw.server.listen))?;
+    let listen: SocketAddr = raw.server.listen.parse().with_context(|| {
+        format!(
+            "invalid configuration: `server.listen` = `{}` is not an address like 127.0.0.1:8080",
+            raw.server.listen
+        )
+    })?;
     let url = raw.database.url.trim().to_owned();
-    if !(url.starts_with("sqlite:") || url.starts_with("postgres:") || url.starts_with("postgresql:")) {
-        bail!("invalid configuration: `database.url` = `{url}` must start with sqlite: or postgres:");
+    if !(url.starts_with("sqlite:")
+        || url.starts_with("postgres:")
+        || url.starts_with("postgresql:"))
+    {
+        bail!(
+            "invalid configuration: `database.url` = `{url}` must start with sqlite: or postgres:"
+        );
     }
     let b = &raw.billing;
     if b.credits_per_usd <= 0 {
@@ -214,7 +222,10 @@ fn validate(raw: Raw) -> anyhow::Result<Config> {
         bail!("invalid configuration: `billing.verified_grant_credits` and `billing.low_balance_threshold_credits` must not be negative");
     }
     if b.payment_provider != "sandbox" {
-        bail!("invalid configuration: `billing.payment_provider` = `{}`: only `sandbox` is available", b.payment_provider);
+        bail!(
+            "invalid configuration: `billing.payment_provider` = `{}`: only `sandbox` is available",
+            b.payment_provider
+        );
     }
     if b.billing_url.trim().is_empty() {
         bail!("invalid configuration: `billing.billing_url` must not be empty");
@@ -224,8 +235,14 @@ fn validate(raw: Raw) -> anyhow::Result<Config> {
     }
     let u = &raw.upstream;
     let timeouts = Timeouts {
-        connect: seconds("upstream.connect_timeout_seconds", u.connect_timeout_seconds)?,
-        first_byte: seconds("upstream.first_byte_timeout_seconds", u.first_byte_timeout_seconds)?,
+        connect: seconds(
+            "upstream.connect_timeout_seconds",
+            u.connect_timeout_seconds,
+        )?,
+        first_byte: seconds(
+            "upstream.first_byte_timeout_seconds",
+            u.first_byte_timeout_seconds,
+        )?,
         total: seconds("upstream.total_timeout_seconds", u.total_timeout_seconds)?,
     };
     let lease = Duration::from_secs(b.hold_lease_seconds);
@@ -243,7 +260,10 @@ fn validate(raw: Raw) -> anyhow::Result<Config> {
     });
     if let Some(o) = &openai {
         if !(o.base_url.starts_with("http://") || o.base_url.starts_with("https://")) {
-            bail!("invalid configuration: `providers.openai.base_url` = `{}` must be an http(s) URL", o.base_url);
+            bail!(
+                "invalid configuration: `providers.openai.base_url` = `{}` must be an http(s) URL",
+                o.base_url
+            );
         }
     }
     let demo = raw.providers.demo.enabled.then_some(DemoConfig {
@@ -311,7 +331,14 @@ mod tests {
 
     #[test]
     fn defaults_are_valid_and_flags_win() {
-        let c = load(None, &Overrides { listen: Some("127.0.0.1:9999".into()), database_url: Some("sqlite://x.db".into()) }).unwrap();
+        let c = load(
+            None,
+            &Overrides {
+                listen: Some("127.0.0.1:9999".into()),
+                database_url: Some("sqlite://x.db".into()),
+            },
+        )
+        .unwrap();
         assert_eq!(c.listen.port(), 9999);
         assert_eq!(c.database_url, "sqlite://x.db");
         assert_eq!(c.settings.verified_grant, Credits(50_000));
@@ -320,7 +347,9 @@ mod tests {
 
     #[test]
     fn unknown_keys_name_the_field() {
-        let e = with_file("[server]\ncolour = \"blue\"\n").unwrap_err().to_string();
+        let e = with_file("[server]\ncolour = \"blue\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("colour"), "{e}");
         let e = with_file("[nonsense]\nx = 1\n").unwrap_err().to_string();
         assert!(e.contains("nonsense"), "{e}");
@@ -328,11 +357,17 @@ mod tests {
 
     #[test]
     fn wrong_types_and_values_are_refused() {
-        let e = with_file("[free_tier]\nhourly_requests = \"ten\"\n").unwrap_err().to_string();
+        let e = with_file("[free_tier]\nhourly_requests = \"ten\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("hourly_requests"), "{e}");
-        let e = with_file("[server]\nlisten = \"nowhere\"\n").unwrap_err().to_string();
+        let e = with_file("[server]\nlisten = \"nowhere\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("server.listen"), "{e}");
-        let e = with_file("[billing]\nhold_lease_seconds = 5\n").unwrap_err().to_string();
+        let e = with_file("[billing]\nhold_lease_seconds = 5\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("hold_lease_seconds"), "{e}");
         let c = with_file("[free_tier]\nhourly_requests = 3\n").unwrap();
         assert_eq!(c.settings.free_tier.hourly_requests, 3);

@@ -22,7 +22,10 @@ pub async fn account(config: &Config, cmd: AccountCmd) -> anyhow::Result<Output>
     match cmd {
         AccountCmd::Create { email, password } => {
             let a = svc.create(&email, &password).await?;
-            Ok(Output { json: json!({"id": a.id, "email": a.email, "tier": a.tier().as_str()}), ok: true })
+            Ok(Output {
+                json: json!({"id": a.id, "email": a.email, "tier": a.tier().as_str()}),
+                ok: true,
+            })
         }
     }
 }
@@ -30,11 +33,22 @@ pub async fn account(config: &Config, cmd: AccountCmd) -> anyhow::Result<Output>
 pub async fn key(config: &Config, cmd: KeyCmd) -> anyhow::Result<Output> {
     let svc = accounts(config).await?;
     match cmd {
-        KeyCmd::Create { email, name, management } => {
+        KeyCmd::Create {
+            email,
+            name,
+            management,
+        } => {
             let account = svc.by_email(&email).await?;
-            let kind = if management { KeyKind::Management } else { KeyKind::Regular };
+            let kind = if management {
+                KeyKind::Management
+            } else {
+                KeyKind::Regular
+            };
             let k = svc.create_key(&account.id, &name, kind).await?;
-            Ok(Output { json: json!({"key": k.key, "prefix": k.prefix, "name": name, "type": kind.as_str()}), ok: true })
+            Ok(Output {
+                json: json!({"key": k.key, "prefix": k.prefix}),
+                ok: true,
+            })
         }
     }
 }
@@ -47,11 +61,7 @@ pub async fn billing(config: &Config, cmd: BillingCmd) -> anyhow::Result<Output>
             let outcome = svc.add_card(&account.id, &card).await?;
             let account = svc.by_email(&email).await?;
             Ok(Output {
-                json: json!({
-                    "tier": account.tier().as_str(),
-                    "balance_credits": outcome.balance.0,
-                    "granted_credits": if outcome.granted { config.settings.verified_grant.0 } else { 0 },
-                }),
+                json: json!({"tier": account.tier().as_str(), "balance_credits": outcome.balance.0}),
                 ok: true,
             })
         }
@@ -61,7 +71,11 @@ pub async fn billing(config: &Config, cmd: BillingCmd) -> anyhow::Result<Output>
 pub async fn credits(config: &Config, cmd: CreditsCmd) -> anyhow::Result<Output> {
     let svc = accounts(config).await?;
     match cmd {
-        CreditsCmd::Grant { email, credits, reason } => {
+        CreditsCmd::Grant {
+            email,
+            credits,
+            reason,
+        } => {
             if credits == 0 {
                 anyhow::bail!("--credits must not be 0");
             }
@@ -70,7 +84,10 @@ pub async fn credits(config: &Config, cmd: CreditsCmd) -> anyhow::Result<Output>
             }
             let account = svc.by_email(&email).await?;
             let balance = svc.adjust(&account.id, credits, reason.trim()).await?;
-            Ok(Output { json: json!({"email": account.email, "balance_credits": balance.0}), ok: true })
+            Ok(Output {
+                json: json!({"balance_credits": balance.0}),
+                ok: true,
+            })
         }
     }
 }
@@ -90,7 +107,10 @@ pub async fn ledger(config: &Config, cmd: LedgerCmd) -> anyhow::Result<Output> {
                     })
                 })
                 .collect();
-            Ok(Output { json: json!({"ok": rows.is_empty(), "disagreeing_accounts": rows}), ok: bad.is_empty() })
+            Ok(Output {
+                json: json!({"ok": rows.is_empty(), "disagreeing_accounts": rows}),
+                ok: bad.is_empty(),
+            })
         }
     }
 }

@@ -61,11 +61,17 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         Err(_) => tracing::warn!("grace period over; remaining connections are cut (their holds are released or charged for what was delivered)"),
     }
     tasks.close();
-    if tokio::time::timeout(Duration::from_secs(10), tasks.wait()).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(10), tasks.wait())
+        .await
+        .is_err()
+    {
         tracing::error!("settlements still running at exit; their holds lapse with their lease");
     }
     reaper.abort();
-    if tokio::time::timeout(Duration::from_secs(10), usage_task).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(10), usage_task)
+        .await
+        .is_err()
+    {
         tracing::error!("usage log rows still unwritten at exit");
     }
     tracing::info!("stopped");
@@ -85,7 +91,10 @@ async fn reap(store: std::sync::Arc<dyn tollgate_core::store::Store>, every: Dur
         tick.tick().await;
         match store.release_expired_holds(chrono::Utc::now()).await {
             Ok(0) => {}
-            Ok(n) => tracing::warn!(released = n, "released holds whose lease expired (nothing charged)"),
+            Ok(n) => tracing::warn!(
+                released = n,
+                "released holds whose lease expired (nothing charged)"
+            ),
             Err(e) => tracing::error!(error = %e, "releasing expired holds failed"),
         }
     }

@@ -13,12 +13,20 @@ use tollgate_providers::Registry;
 
 /// The catalogue files compiled into the binary.
 const BUILT_IN: &[(&str, &str)] = &[
-    ("catalog/demo.toml", include_str!("../../../catalog/demo.toml")),
-    ("catalog/openai.toml", include_str!("../../../catalog/openai.toml")),
+    (
+        "catalog/demo.toml",
+        include_str!("../../../catalog/demo.toml"),
+    ),
+    (
+        "catalog/openai.toml",
+        include_str!("../../../catalog/openai.toml"),
+    ),
 ];
 
 pub async fn store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
-    tollgate_store::connect(&config.database_url).await.map_err(anyhow::Error::msg)
+    tollgate_store::connect(&config.database_url)
+        .await
+        .map_err(anyhow::Error::msg)
 }
 
 pub fn accounts(config: &Config, store: Arc<dyn Store>) -> Accounts {
@@ -31,9 +39,13 @@ pub fn providers(config: &Config) -> anyhow::Result<Registry> {
         registry.insert("demo", Arc::new(Demo::new(demo)));
     }
     if let Some(openai) = &config.openai {
-        let adapter = OpenAiCompat::new(&openai.base_url, openai.api_key.0.clone(), config.settings.upstream_timeouts.connect)
-            .map_err(anyhow::Error::msg)
-            .context("cannot build the openai provider")?;
+        let adapter = OpenAiCompat::new(
+            &openai.base_url,
+            openai.api_key.0.clone(),
+            config.settings.upstream_timeouts.connect,
+        )
+        .map_err(anyhow::Error::msg)
+        .context("cannot build the openai provider")?;
         registry.insert("openai", Arc::new(adapter));
     }
     Ok(registry)
@@ -44,11 +56,18 @@ pub fn providers(config: &Config) -> anyhow::Result<Registry> {
 pub fn catalog(config: &Config, registry: &Registry) -> anyhow::Result<Catalog> {
     let mut sources: Vec<CatalogSource> = BUILT_IN
         .iter()
-        .map(|(name, text)| CatalogSource { name: (*name).to_owned(), text: (*text).to_owned() })
+        .map(|(name, text)| CatalogSource {
+            name: (*name).to_owned(),
+            text: (*text).to_owned(),
+        })
         .collect();
     for path in &config.catalog_files {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read catalogue file {}", path.display()))?;
-        sources.push(CatalogSource { name: path.display().to_string(), text });
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read catalogue file {}", path.display()))?;
+        sources.push(CatalogSource {
+            name: path.display().to_string(),
+            text,
+        });
     }
     let mut models = Vec::new();
     for source in &sources {

@@ -24,25 +24,71 @@ async fn malformed_wrong_and_missing_fields_name_the_field() {
     let server = Server::start(&db.url, &[]);
     let key = account(&db.url, "bad@example.com", None);
 
-    let msg = expect_error(raw(&server, &key, "{\"model\": ").await, 400, "body_validation").await;
+    let msg = expect_error(
+        raw(&server, &key, "{\"model\": ").await,
+        400,
+        "body_validation",
+    )
+    .await;
     assert!(msg.starts_with("Body validation error"), "{msg}");
     let cases = [
-        (json!({"messages": [{"role": "user", "content": "x"}]}), "field `model`: expected string, received undefined"),
-        (json!({"model": 7, "messages": [{"role": "user", "content": "x"}]}), "field `model`: expected string, received integer"),
-        (json!({"model": FREE}), "field `messages`: expected array, received undefined"),
-        (json!({"model": FREE, "messages": "hi"}), "field `messages`: expected array, received string"),
-        (json!({"model": FREE, "messages": [{"content": "x"}]}), "field `messages[0].role`: expected string, received undefined"),
-        (json!({"model": FREE, "messages": [{"role": "user", "content": "x"}], "stream": "yes"}), "field `stream`: expected boolean, received string"),
-        (json!({"model": FREE, "messages": [{"role": "user", "content": "x"}], "max_tokens": -1}), "field `max_tokens`: expected integer >= 1, received -1"),
-        (json!({"model": FREE, "messages": [{"role": "user", "content": "x"}], "temperature": "hot"}), "field `temperature`: expected number, received string"),
-        (json!([1, 2]), "field `body`: expected object, received array"),
+        (
+            json!({"messages": [{"role": "user", "content": "x"}]}),
+            "field `model`: expected string, received undefined",
+        ),
+        (
+            json!({"model": 7, "messages": [{"role": "user", "content": "x"}]}),
+            "field `model`: expected string, received integer",
+        ),
+        (
+            json!({"model": FREE}),
+            "field `messages`: expected array, received undefined",
+        ),
+        (
+            json!({"model": FREE, "messages": "hi"}),
+            "field `messages`: expected array, received string",
+        ),
+        (
+            json!({"model": FREE, "messages": [{"content": "x"}]}),
+            "field `messages[0].role`: expected string, received undefined",
+        ),
+        (
+            json!({"model": FREE, "messages": [{"role": "user", "content": "x"}], "stream": "yes"}),
+            "field `stream`: expected boolean, received string",
+        ),
+        (
+            json!({"model": FREE, "messages": [{"role": "user", "content": "x"}], "max_tokens": -1}),
+            "field `max_tokens`: expected integer >= 1, received -1",
+        ),
+        (
+            json!({"model": FREE, "messages": [{"role": "user", "content": "x"}], "temperature": "hot"}),
+            "field `temperature`: expected number, received string",
+        ),
+        (
+            json!([1, 2]),
+            "field `body`: expected object, received array",
+        ),
     ];
     for (body, expected) in cases {
-        let msg = expect_error(post_chat(&server, &key, &body).await, 400, "body_validation").await;
-        assert_eq!(msg, format!("Body validation error: {expected}"), "for {body}");
+        let msg = expect_error(
+            post_chat(&server, &key, &body).await,
+            400,
+            "body_validation",
+        )
+        .await;
+        assert_eq!(
+            msg,
+            format!("Body validation error: {expected}"),
+            "for {body}"
+        );
     }
     let msg = expect_error(
-        post_chat(&server, &key, &json!({"model": FREE, "messages": [{"role": "wizard", "content": "x"}]})).await,
+        post_chat(
+            &server,
+            &key,
+            &json!({"model": FREE, "messages": [{"role": "wizard", "content": "x"}]}),
+        )
+        .await,
         400,
         "unsupported_value",
     )
@@ -58,16 +104,33 @@ async fn a_64_mib_body_is_refused_with_413_and_the_server_stays_healthy() {
     let db = TestDb::sqlite();
     let server = Server::start(&db.url, &[]);
     let key = account(&db.url, "big@example.com", None);
-    let big = format!("{{\"model\":\"{FREE}\",\"messages\":[{{\"role\":\"user\",\"content\":\"{}\"}}]}}", "a".repeat(64 << 20));
+    let big = format!(
+        "{{\"model\":\"{FREE}\",\"messages\":[{{\"role\":\"user\",\"content\":\"{}\"}}]}}",
+        "a".repeat(64 << 20)
+    );
     let resp = raw(&server, &key, big).await;
     let msg = expect_error(resp, 413, "payload_too_large").await;
     assert!(msg.contains("larger than the limit"), "{msg}");
     // A body sent without a length (chunked) is cut at the limit too.
-    let chunks = futures::stream::iter((0..80).map(|_| Ok::<_, std::io::Error>(vec![b' '; 1 << 20])));
+    let chunks =
+        futures::stream::iter((0..80).map(|_| Ok::<_, std::io::Error>(vec![b' '; 1 << 20])));
     let resp = raw(&server, &key, reqwest::Body::wrap_stream(chunks)).await;
     expect_error(resp, 413, "payload_too_large").await;
-    assert_eq!(client().get(server.url("/healthz")).send().await.unwrap().status(), 200);
-    assert_eq!(post_chat(&server, &key, &chat_body(FREE, json!({}))).await.status(), 200);
+    assert_eq!(
+        client()
+            .get(server.url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        post_chat(&server, &key, &chat_body(FREE, json!({})))
+            .await
+            .status(),
+        200
+    );
 }
 
 #[tokio::test]
@@ -75,16 +138,38 @@ async fn unknown_models_and_routes_are_404_and_wrong_methods_405() {
     let db = TestDb::sqlite();
     let server = Server::start(&db.url, &[]);
     let key = account(&db.url, "unknown@example.com", None);
-    let msg = expect_error(post_chat(&server, &key, &chat_body("no/such-model", json!({}))).await, 404, "model_not_found").await;
+    let msg = expect_error(
+        post_chat(&server, &key, &chat_body("no/such-model", json!({}))).await,
+        404,
+        "model_not_found",
+    )
+    .await;
     assert!(msg.contains("no/such-model"), "{msg}");
     // Aliases and case do not matter.
-    assert_eq!(post_chat(&server, &key, &chat_body("DEMO-CHAT", json!({}))).await.status(), 200);
+    assert_eq!(
+        post_chat(&server, &key, &chat_body("DEMO-CHAT", json!({})))
+            .await
+            .status(),
+        200
+    );
 
-    let resp = client().get(server.url("/v1/nothing-here")).send().await.unwrap();
+    let resp = client()
+        .get(server.url("/v1/nothing-here"))
+        .send()
+        .await
+        .unwrap();
     expect_error(resp, 404, "model_not_found").await;
-    let resp = client().delete(server.url("/v1/chat/completions")).send().await.unwrap();
+    let resp = client()
+        .delete(server.url("/v1/chat/completions"))
+        .send()
+        .await
+        .unwrap();
     expect_error(resp, 405, "method_not_allowed").await;
-    let resp = client().get(server.url("/v1/chat/completions")).send().await.unwrap();
+    let resp = client()
+        .get(server.url("/v1/chat/completions"))
+        .send()
+        .await
+        .unwrap();
     expect_error(resp, 405, "method_not_allowed").await;
 }
 
@@ -95,10 +180,23 @@ async fn missing_unknown_and_disabled_keys_get_401() {
     let key = account(&db.url, "keys@example.com", None);
     let body = chat_body(FREE, json!({}));
 
-    let resp = client().post(server.url("/v1/chat/completions")).json(&body).send().await.unwrap();
+    let resp = client()
+        .post(server.url("/v1/chat/completions"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     let msg = expect_error(resp, 401, "invalid_api_key").await;
-    assert!(msg.starts_with("This request requires a valid API key."), "{msg}");
-    expect_error(post_chat(&server, "0123456789abcdef0123456789abcdef", &body).await, 401, "invalid_api_key").await;
+    assert!(
+        msg.starts_with("This request requires a valid API key."),
+        "{msg}"
+    );
+    expect_error(
+        post_chat(&server, "0123456789abcdef0123456789abcdef", &body).await,
+        401,
+        "invalid_api_key",
+    )
+    .await;
     let resp = client()
         .post(server.url("/v1/chat/completions"))
         .header("authorization", "Basic Zm9vOmJhcg==")
@@ -110,9 +208,33 @@ async fn missing_unknown_and_disabled_keys_get_401() {
 
     assert_eq!(post_chat(&server, &key, &body).await.status(), 200);
     let pool = sqlx::SqlitePool::connect(&db.url).await.unwrap();
-    sqlx::query("UPDATE api_keys SET disabled = TRUE").execute(&pool).await.unwrap();
-    expect_error(post_chat(&server, &key, &body).await, 401, "invalid_api_key").await;
-    sqlx::query("UPDATE api_keys SET disabled = FALSE, deleted_at = 1").execute(&pool).await.unwrap();
-    expect_error(post_chat(&server, &key, &body).await, 401, "invalid_api_key").await;
-    assert_eq!(client().get(server.url("/readyz")).send().await.unwrap().status(), 200);
+    sqlx::query("UPDATE api_keys SET disabled = TRUE")
+        .execute(&pool)
+        .await
+        .unwrap();
+    expect_error(
+        post_chat(&server, &key, &body).await,
+        401,
+        "invalid_api_key",
+    )
+    .await;
+    sqlx::query("UPDATE api_keys SET disabled = FALSE, deleted_at = 1")
+        .execute(&pool)
+        .await
+        .unwrap();
+    expect_error(
+        post_chat(&server, &key, &body).await,
+        401,
+        "invalid_api_key",
+    )
+    .await;
+    assert_eq!(
+        client()
+            .get(server.url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
 }

@@ -39,8 +39,22 @@ async fn wait_settled(server: &Server, key: &str) -> Value {
 async fn hundred_concurrent_requests(db: &TestDb, servers: &[Server]) {
     let key = account(&db.url, "race@example.com", Some("4242424242424242"));
     // One request costs about 3,840 credits (prompt ~12 tokens × 20 + 60 output × 60).
-    cli_ok(&db.url, &["credits", "grant", "--email", "race@example.com", "--credits", "26800", "--reason", "race test"]);
-    let start = balance(&servers[0], &key).await["balance"].as_i64().unwrap();
+    cli_ok(
+        &db.url,
+        &[
+            "credits",
+            "grant",
+            "--email",
+            "race@example.com",
+            "--credits",
+            "26800",
+            "--reason",
+            "race test",
+        ],
+    );
+    let start = balance(&servers[0], &key).await["balance"]
+        .as_i64()
+        .unwrap();
     assert_eq!(start, 76_800);
 
     let requests = (0..100).map(|i| {
@@ -66,8 +80,15 @@ async fn hundred_concurrent_requests(db: &TestDb, servers: &[Server]) {
     let after = wait_settled(&servers[0], &key).await;
     let end = after["balance"].as_i64().unwrap();
     assert!(end >= 0, "balance went negative: {end}");
-    assert_eq!(start - end, charged, "credits reported in responses must add up to what left the balance");
-    assert!((15..=25).contains(&served), "{served} requests were served from credits for about 20");
+    assert_eq!(
+        start - end,
+        charged,
+        "credits reported in responses must add up to what left the balance"
+    );
+    assert!(
+        (15..=25).contains(&served),
+        "{served} requests were served from credits for about 20"
+    );
     assert!(results.iter().flatten().all(|c| *c > 0));
     let (ok, report, err) = cli(&db.url, &["ledger", "check"]);
     assert!(ok, "ledger check failed: {report} {err}");
@@ -76,7 +97,10 @@ async fn hundred_concurrent_requests(db: &TestDb, servers: &[Server]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_requests_never_overspend_on_sqlite() {
     let db = TestDb::sqlite();
-    let server = Server::start(&db.url, &[("TOLLGATE__PROVIDERS__DEMO__TOKENS_PER_SECOND", "300")]);
+    let server = Server::start(
+        &db.url,
+        &[("TOLLGATE__PROVIDERS__DEMO__TOKENS_PER_SECOND", "300")],
+    );
     hundred_concurrent_requests(&db, &[server]).await;
 }
 
@@ -91,14 +115,24 @@ async fn concurrent_requests_never_overspend_across_two_postgres_nodes() {
 #[tokio::test]
 async fn a_client_dropping_a_stream_is_charged_for_what_was_delivered() {
     let db = TestDb::sqlite();
-    let server = Server::start(&db.url, &[("TOLLGATE__PROVIDERS__DEMO__TOKENS_PER_SECOND", "20")]);
+    let server = Server::start(
+        &db.url,
+        &[("TOLLGATE__PROVIDERS__DEMO__TOKENS_PER_SECOND", "20")],
+    );
     let key = account(&db.url, "drop@example.com", Some("4242424242424242"));
-    let resp = post_chat(&server, &key, &chat_body(PRO, json!({"stream": true, "max_tokens": 60}))).await;
+    let resp = post_chat(
+        &server,
+        &key,
+        &chat_body(PRO, json!({"stream": true, "max_tokens": 60})),
+    )
+    .await;
     assert_eq!(resp.status(), 200);
     let mut body = resp.bytes_stream();
     let mut text = String::new();
     while sse_data(&text).len() < 11 {
-        text.push_str(&String::from_utf8_lossy(&body.next().await.unwrap().unwrap()));
+        text.push_str(&String::from_utf8_lossy(
+            &body.next().await.unwrap().unwrap(),
+        ));
     }
     drop(body);
     // One role chunk, then one token per chunk.
@@ -111,14 +145,20 @@ async fn a_client_dropping_a_stream_is_charged_for_what_was_delivered() {
         output_charged >= (received - 2) * 60 && output_charged <= (received + 4) * 60,
         "charged {charged} for {received} delivered tokens"
     );
-    assert!(charged < 20 * 12 + 60 * 60, "a cut stream must not be charged in full");
+    assert!(
+        charged < 20 * 12 + 60 * 60,
+        "a cut stream must not be charged in full"
+    );
     assert!(cli(&db.url, &["ledger", "check"]).0);
 }
 
 #[tokio::test]
 async fn a_hold_left_by_a_killed_process_is_released_at_restart_without_charge() {
     let db = TestDb::sqlite();
-    let server = Server::start(&db.url, &[("TOLLGATE__PROVIDERS__DEMO__TOKENS_PER_SECOND", "5")]);
+    let server = Server::start(
+        &db.url,
+        &[("TOLLGATE__PROVIDERS__DEMO__TOKENS_PER_SECOND", "5")],
+    );
     let key = account(&db.url, "crash@example.com", Some("4242424242424242"));
     let resp = post_chat(&server, &key, &chat_body(PRO, json!({"stream": true}))).await;
     assert_eq!(resp.status(), 200);
@@ -127,8 +167,15 @@ async fn a_hold_left_by_a_killed_process_is_released_at_restart_without_charge()
     let server = server.restart_after_kill();
     drop(resp);
     let b = balance(&server, &key).await;
-    assert_eq!((b["balance"].clone(), b["held"].clone()), (json!(50_000), json!(0)), "{b}");
-    assert!(server.drain_logs().iter().any(|l| l.contains("released holds left by this node")));
+    assert_eq!(
+        (b["balance"].clone(), b["held"].clone()),
+        (json!(50_000), json!(0)),
+        "{b}"
+    );
+    assert!(server
+        .drain_logs()
+        .iter()
+        .any(|l| l.contains("released holds left by this node")));
     assert!(cli(&db.url, &["ledger", "check"]).0);
 }
 
@@ -142,13 +189,22 @@ async fn expired_holds_fail_the_ledger_check_until_the_reaper_releases_them() {
         .execute(&pool)
         .await
         .unwrap();
-    sqlx::query("UPDATE accounts SET held = held + 700").execute(&pool).await.unwrap();
+    sqlx::query("UPDATE accounts SET held = held + 700")
+        .execute(&pool)
+        .await
+        .unwrap();
     let (ok, report, _) = cli(&db.url, &["ledger", "check"]);
     assert!(!ok);
-    assert_eq!(report["disagreeing_accounts"][0]["email"], "lease@example.com");
+    assert_eq!(
+        report["disagreeing_accounts"][0]["email"],
+        "lease@example.com"
+    );
     assert_eq!(report["disagreeing_accounts"][0]["expired_holds"], 1);
 
-    let server = Server::start(&db.url, &[("TOLLGATE__BILLING__REAPER_INTERVAL_SECONDS", "1")]);
+    let server = Server::start(
+        &db.url,
+        &[("TOLLGATE__BILLING__REAPER_INTERVAL_SECONDS", "1")],
+    );
     let b = wait_settled(&server, &key).await;
     assert_eq!(b["balance"], 50_000);
     assert!(cli(&db.url, &["ledger", "check"]).0);
@@ -160,7 +216,10 @@ async fn the_ledger_check_names_an_account_whose_balance_was_tampered_with() {
     account(&db.url, "tamper@example.com", Some("4242424242424242"));
     assert!(cli(&db.url, &["ledger", "check"]).0);
     let pool = sqlx::SqlitePool::connect(&db.url).await.unwrap();
-    sqlx::query("UPDATE accounts SET balance = balance + 1").execute(&pool).await.unwrap();
+    sqlx::query("UPDATE accounts SET balance = balance + 1")
+        .execute(&pool)
+        .await
+        .unwrap();
     let (ok, report, err) = cli(&db.url, &["ledger", "check"]);
     assert!(!ok, "{err}");
     assert_eq!(report["disagreeing_accounts"][0]["balance"], 50_001);
@@ -170,21 +229,38 @@ async fn the_ledger_check_names_an_account_whose_balance_was_tampered_with() {
 #[tokio::test]
 async fn sigterm_lets_an_in_flight_stream_finish_and_settle() {
     let db = TestDb::sqlite();
-    let server = Server::start(&db.url, &[("TOLLGATE__PROVIDERS__DEMO__TOKENS_PER_SECOND", "40")]);
+    let server = Server::start(
+        &db.url,
+        &[("TOLLGATE__PROVIDERS__DEMO__TOKENS_PER_SECOND", "40")],
+    );
     let key = account(&db.url, "term@example.com", Some("4242424242424242"));
-    let resp = post_chat(&server, &key, &chat_body(PRO, json!({"stream": true, "max_tokens": 40}))).await;
+    let resp = post_chat(
+        &server,
+        &key,
+        &chat_body(PRO, json!({"stream": true, "max_tokens": 40})),
+    )
+    .await;
     assert_eq!(resp.status(), 200);
     let base = server.base.clone();
     let status = tokio::task::spawn_blocking(move || server.terminate());
     let charged = credits_of(resp, true).await;
     assert!(status.await.unwrap().success());
-    assert!(client().get(format!("{base}/healthz")).send().await.is_err(), "the server should be gone");
+    assert!(
+        client()
+            .get(format!("{base}/healthz"))
+            .send()
+            .await
+            .is_err(),
+        "the server should be gone"
+    );
     // The charge was committed before the last chunk: the ledger has it.
     let pool = sqlx::SqlitePool::connect(&db.url).await.unwrap();
-    let spent: i64 = sqlx::query_scalar("SELECT COALESCE(SUM(amount), 0) FROM ledger WHERE type = 'MODEL_USAGE'")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    let spent: i64 = sqlx::query_scalar(
+        "SELECT COALESCE(SUM(amount), 0) FROM ledger WHERE type = 'MODEL_USAGE'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
     assert_eq!(spent, charged);
     assert!(cli(&db.url, &["ledger", "check"]).0);
 }

@@ -11,12 +11,31 @@ use std::process::Command;
 fn venv() -> PathBuf {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("openai-sdk-venv");
     let python = dir.join("bin/python");
-    let has_sdk = |py: &Path| Command::new(py).args(["-c", "import openai"]).status().is_ok_and(|s| s.success());
+    let has_sdk = |py: &Path| {
+        Command::new(py)
+            .args(["-c", "import openai"])
+            .status()
+            .is_ok_and(|s| s.success())
+    };
     if !has_sdk(&python) {
-        let made = Command::new("python3").args(["-m", "venv"]).arg(&dir).status().expect("python3 -m venv");
-        assert!(made.success(), "python3 -m venv failed (install python3-venv)");
+        let made = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&dir)
+            .status()
+            .expect("python3 -m venv");
+        assert!(
+            made.success(),
+            "python3 -m venv failed (install python3-venv)"
+        );
         let pip = Command::new(&python)
-            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "openai"])
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "openai",
+            ])
             .status()
             .expect("pip install openai");
         assert!(pip.success(), "pip install openai failed");
@@ -41,10 +60,23 @@ async fn the_official_openai_python_sdk_works_unchanged() {
         ],
     );
     let free = account(&db.url, "sdk-free@example.com", None);
-    let verified = account(&db.url, "sdk-verified@example.com", Some("4242424242424242"));
+    let verified = account(
+        &db.url,
+        "sdk-verified@example.com",
+        Some("4242424242424242"),
+    );
     let broke = account(&db.url, "sdk-broke@example.com", Some("4242424242424242"));
     account(&db.url, "sdk-mgmt@example.com", None);
-    let mgmt = cli_ok(&db.url, &["key", "create", "--email", "sdk-mgmt@example.com", "--management"]);
+    let mgmt = cli_ok(
+        &db.url,
+        &[
+            "key",
+            "create",
+            "--email",
+            "sdk-mgmt@example.com",
+            "--management",
+        ],
+    );
 
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/openai_sdk_check.py");
     let out = Command::new(&python)

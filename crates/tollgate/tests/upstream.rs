@@ -27,8 +27,20 @@ fn start(db: &TestDb, upstream_url: &str, extra: &[(&str, &str)]) -> Server {
 }
 
 async fn models(server: &Server) -> Vec<String> {
-    let body: Value = client().get(server.url("/v1/models")).send().await.unwrap().json().await.unwrap();
-    body["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap().to_owned()).collect()
+    let body: Value = client()
+        .get(server.url("/v1/models"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_owned())
+        .collect()
 }
 
 async fn usage_rows(db: &TestDb) -> Vec<(String, Option<String>, i64)> {
@@ -49,7 +61,10 @@ async fn openai_models_are_listed_only_with_a_key() {
     let fake = FakeOpenAi::start(Behaviour::normal(5)).await;
     let with = start(&db, &fake.base_url(), &[]);
     let ids = models(&with).await;
-    assert!(ids.contains(&MINI.to_owned()) && ids.contains(&"tollgate/demo-chat".to_owned()), "{ids:?}");
+    assert!(
+        ids.contains(&MINI.to_owned()) && ids.contains(&"tollgate/demo-chat".to_owned()),
+        "{ids:?}"
+    );
 }
 
 #[tokio::test]
@@ -59,17 +74,28 @@ async fn a_completion_is_charged_from_upstream_usage_and_forwarded_correctly() {
     let server = start(&db, &fake.base_url(), &[]);
     let key = account(&db.url, "up@example.com", Some("4242424242424242"));
 
-    let resp = post_chat(&server, &key, &chat_body("gpt-4o-mini", json!({"max_tokens": 100}))).await;
+    let resp = post_chat(
+        &server,
+        &key,
+        &chat_body("gpt-4o-mini", json!({"max_tokens": 100})),
+    )
+    .await;
     assert_eq!(resp.status(), 200);
     let body: Value = resp.json().await.unwrap();
-    let (p, c) = (body["usage"]["prompt_tokens"].as_i64().unwrap(), body["usage"]["completion_tokens"].as_i64().unwrap());
+    let (p, c) = (
+        body["usage"]["prompt_tokens"].as_i64().unwrap(),
+        body["usage"]["completion_tokens"].as_i64().unwrap(),
+    );
     assert_eq!(c, 7);
     assert_eq!(body["model"], MINI);
     assert_eq!(body["meta"]["usage"]["credits_used"], mini_cost(p, c));
     let sent = &fake.requests()[0];
     assert_eq!(sent["model"], "gpt-4o-mini");
     assert_eq!(sent["max_tokens"], 100);
-    assert_eq!(fake.authorizations()[0].as_deref(), Some("Bearer sk-upstream-test"));
+    assert_eq!(
+        fake.authorizations()[0].as_deref(),
+        Some("Bearer sk-upstream-test")
+    );
 
     // Streaming: usage is always requested upstream, but only shown if the client asked.
     let resp = post_chat(&server, &key, &chat_body(MINI, json!({"stream": true}))).await;
@@ -79,7 +105,9 @@ async fn a_completion_is_charged_from_upstream_usage_and_forwarded_correctly() {
     assert!(last.get("usage").is_none(), "{last}");
     let charged = last["meta"]["usage"]["credits_used"].as_i64().unwrap();
     assert_eq!(charged, mini_cost(p, 7));
-    assert!(data.iter().all(|d| !d.contains("\"usage\"") || d == &data[data.len() - 2]));
+    assert!(data
+        .iter()
+        .all(|d| !d.contains("\"usage\"") || d == &data[data.len() - 2]));
     let b = balance(&server, &key).await;
     assert_eq!(b["balance"], 50_000 - 2 * mini_cost(p, 7));
     assert!(cli(&db.url, &["ledger", "check"]).0);
@@ -99,24 +127,46 @@ async fn upstream_failures_are_not_charged_and_map_to_gateway_errors() {
     assert_eq!(resp.headers()["retry-after"], "7");
     expect_error(resp, 429, "rate_limited").await;
     fake.set_behaviour(Behaviour::invalid_request("max_tokens is too large"));
-    let msg = expect_error(post_chat(&server, &key, &body).await, 400, "unsupported_value").await;
+    let msg = expect_error(
+        post_chat(&server, &key, &body).await,
+        400,
+        "unsupported_value",
+    )
+    .await;
     assert!(msg.contains("max_tokens is too large"), "{msg}");
     fake.set_behaviour(Behaviour::NotJson);
     expect_error(post_chat(&server, &key, &body).await, 502, "bad_gateway").await;
 
     fake.set_behaviour(Behaviour::Hang);
     let started = Instant::now();
-    let msg = expect_error(post_chat(&server, &key, &body).await, 504, "generation_timeout").await;
+    let msg = expect_error(
+        post_chat(&server, &key, &body).await,
+        504,
+        "generation_timeout",
+    )
+    .await;
     assert!(started.elapsed() < Duration::from_secs(5));
     assert!(msg.contains("nothing was charged"));
     let stream = chat_body(MINI, json!({"stream": true}));
-    expect_error(post_chat(&server, &key, &stream).await, 504, "generation_timeout").await;
+    expect_error(
+        post_chat(&server, &key, &stream).await,
+        504,
+        "generation_timeout",
+    )
+    .await;
 
     let b = balance(&server, &key).await;
-    assert_eq!((b["balance"].clone(), b["held"].clone()), (json!(50_000), json!(0)));
+    assert_eq!(
+        (b["balance"].clone(), b["held"].clone()),
+        (json!(50_000), json!(0))
+    );
     let rows = usage_rows(&db).await;
     assert_eq!(rows.len(), 6);
-    assert!(rows.iter().all(|(status, code, credits)| status == "failed" && code.is_some() && *credits == 0), "{rows:?}");
+    assert!(
+        rows.iter()
+            .all(|(status, code, credits)| status == "failed" && code.is_some() && *credits == 0),
+        "{rows:?}"
+    );
     assert!(cli(&db.url, &["ledger", "check"]).0);
 }
 
@@ -125,8 +175,18 @@ async fn a_refused_connection_is_503_and_not_charged() {
     let db = TestDb::sqlite();
     let server = start(&db, &closed_port_url(), &[]);
     let key = account(&db.url, "refused@example.com", Some("4242424242424242"));
-    expect_error(post_chat(&server, &key, &chat_body(MINI, json!({}))).await, 503, "service_unavailable").await;
-    expect_error(post_chat(&server, &key, &chat_body(MINI, json!({"stream": true}))).await, 503, "service_unavailable").await;
+    expect_error(
+        post_chat(&server, &key, &chat_body(MINI, json!({}))).await,
+        503,
+        "service_unavailable",
+    )
+    .await;
+    expect_error(
+        post_chat(&server, &key, &chat_body(MINI, json!({"stream": true}))).await,
+        503,
+        "service_unavailable",
+    )
+    .await;
     assert_eq!(balance(&server, &key).await["balance"], 50_000);
 }
 
@@ -146,7 +206,10 @@ async fn a_stream_cut_by_the_upstream_is_charged_for_what_was_delivered() {
     let charged = 50_000 - b["balance"].as_i64().unwrap();
     assert_eq!(b["held"], 0);
     // The prompt, counted locally (~12 tokens), plus 3 delivered tokens.
-    assert!(charged >= mini_cost(8, 3) && charged <= mini_cost(20, 3), "charged {charged}");
+    assert!(
+        charged >= mini_cost(8, 3) && charged <= mini_cost(20, 3),
+        "charged {charged}"
+    );
 
     // A stream that stalls after some output ends at the total timeout, charged the same way.
     fake.set_behaviour(Behaviour::HangAfter { chunks: 2 });
@@ -156,7 +219,11 @@ async fn a_stream_cut_by_the_upstream_is_charged_for_what_was_delivered() {
     assert_eq!(last["error"]["code"], "generation_timeout", "{data:?}");
     let rows = usage_rows(&db).await;
     assert_eq!(rows.len(), 2);
-    assert!(rows.iter().all(|(status, _, credits)| status == "succeeded" && *credits > 0), "{rows:?}");
+    assert!(
+        rows.iter()
+            .all(|(status, _, credits)| status == "succeeded" && *credits > 0),
+        "{rows:?}"
+    );
     assert!(cli(&db.url, &["ledger", "check"]).0);
 }
 
@@ -169,15 +236,23 @@ async fn missing_usage_is_counted_locally_and_inflated_usage_never_overdraws() {
     let resp = post_chat(&server, &key, &chat_body(MINI, json!({}))).await;
     let body: Value = resp.json().await.unwrap();
     let charged = body["meta"]["usage"]["credits_used"].as_i64().unwrap();
-    assert!(charged >= mini_cost(8, 5) && charged <= mini_cost(20, 5), "charged {charged}");
+    assert!(
+        charged >= mini_cost(8, 5) && charged <= mini_cost(20, 5),
+        "charged {charged}"
+    );
 
     // An upstream claiming far more output than allowed: charged, but never below zero.
-    fake.set_behaviour(Behaviour::LieUsage { completion_tokens: 1_000_000 });
+    fake.set_behaviour(Behaviour::LieUsage {
+        completion_tokens: 1_000_000,
+    });
     let resp = post_chat(&server, &key, &chat_body(MINI, json!({"max_tokens": 10}))).await;
     assert_eq!(resp.status(), 200);
     let b = balance(&server, &key).await;
     assert_eq!(b["balance"], 0);
-    assert!(server.drain_logs().iter().any(|l| l.contains("more output than allowed")));
+    assert!(server
+        .drain_logs()
+        .iter()
+        .any(|l| l.contains("more output than allowed")));
     assert!(cli(&db.url, &["ledger", "check"]).0);
 }
 
@@ -206,11 +281,21 @@ priority = 0
     )
     .unwrap();
     let fake = FakeOpenAi::start(Behaviour::server_error("down")).await;
-    let server = start(&db, &fake.base_url(), &[("TOLLGATE__CATALOG__FILES", &format!("[\"{}\"]", catalog.display()))]);
+    let server = start(
+        &db,
+        &fake.base_url(),
+        &[(
+            "TOLLGATE__CATALOG__FILES",
+            &format!("[\"{}\"]", catalog.display()),
+        )],
+    );
     let key = account(&db.url, "failover@example.com", Some("4242424242424242"));
     let resp = post_chat(&server, &key, &chat_body("test/failover", json!({}))).await;
     assert_eq!(resp.status(), 200);
     let body: Value = resp.json().await.unwrap();
-    assert!(body["choices"][0]["message"]["content"].as_str().unwrap().starts_with("Demo reply"));
+    assert!(body["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .starts_with("Demo reply"));
     assert_eq!(fake.request_count(), 1);
 }

@@ -12,11 +12,18 @@ use thiserror::Error;
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum CatalogError {
     #[error("catalogue {source_name}: {message}")]
-    Parse { source_name: String, message: String },
+    Parse {
+        source_name: String,
+        message: String,
+    },
     #[error("catalogue model `{model}` is not tagged free and has no price for {unit}: refusing to serve it at cost 0")]
     MissingPrice { model: String, unit: &'static str },
     #[error("catalogue model `{model}`: price `{field}` = `{value}` is not a non-negative decimal USD amount")]
-    BadPrice { model: String, field: &'static str, value: String },
+    BadPrice {
+        model: String,
+        field: &'static str,
+        value: String,
+    },
     #[error("catalogue model `{0}` has no routes")]
     NoRoutes(String),
     #[error("catalogue model `{model}` has unknown type `{kind}`")]
@@ -114,12 +121,20 @@ fn convert(raw: RawModel, rate: CreditRate) -> Result<Model, CatalogError> {
             })
         }
         Some(p) => {
-            let field = |name: &'static str, v: &Option<toml::Value>, required: bool, usd: &mut Map<String, Value>| {
+            let field = |name: &'static str,
+                         v: &Option<toml::Value>,
+                         required: bool,
+                         usd: &mut Map<String, Value>| {
                 credits_per_million(&raw.id, name, v.as_ref(), required && !free, rate, usd)
             };
             let input = field("input_tokens", &p.input_tokens, true, &mut pricing_usd)?;
             let output = field("output_tokens", &p.output_tokens, true, &mut pricing_usd)?;
-            let cached = field("cached_input_tokens", &p.cached_input_tokens, false, &mut pricing_usd)?;
+            let cached = field(
+                "cached_input_tokens",
+                &p.cached_input_tokens,
+                false,
+                &mut pricing_usd,
+            )?;
             Some(PriceList {
                 input: input.unwrap_or(0),
                 output: output.unwrap_or(0),
@@ -131,7 +146,10 @@ fn convert(raw: RawModel, rate: CreditRate) -> Result<Model, CatalogError> {
         .ok()
         .and_then(|v| v.as_object().cloned())
         .unwrap_or_default();
-    let output_max = info.get("outputMax").and_then(Value::as_u64).unwrap_or(4096);
+    let output_max = info
+        .get("outputMax")
+        .and_then(Value::as_u64)
+        .unwrap_or(4096);
     Ok(Model {
         id: raw.id,
         aliases: raw.aliases,
@@ -186,7 +204,10 @@ fn credits_per_million(
     if dec.is_sign_negative() {
         return Err(bad());
     }
-    let credits = (dec * Decimal::from(rate.0)).ceil().to_i64().ok_or_else(bad)?;
+    let credits = (dec * Decimal::from(rate.0))
+        .ceil()
+        .to_i64()
+        .ok_or_else(bad)?;
     usd.insert(field.to_owned(), Value::String(dec.normalize().to_string()));
     Ok(Some(credits))
 }
@@ -196,7 +217,11 @@ mod tests {
     use super::*;
 
     fn parse(text: &str) -> Result<Vec<Model>, CatalogError> {
-        CatalogSource { name: "t".into(), text: text.into() }.parse(CreditRate::default())
+        CatalogSource {
+            name: "t".into(),
+            text: text.into(),
+        }
+        .parse(CreditRate::default())
     }
 
     const ROUTE: &str = "[[model.routes]]\nprovider = \"demo\"\nmodel = \"x\"\n";
@@ -208,20 +233,35 @@ mod tests {
              pricing = {{ input_tokens = \"0.15\", output_tokens = 0.6, cached_input_tokens = \"7.5e-2\" }}\n{ROUTE}"
         ))
         .unwrap();
-        assert_eq!(m[0].price, Some(PriceList { input: 300_000, cached_input: 150_000, output: 1_200_000 }));
+        assert_eq!(
+            m[0].price,
+            Some(PriceList {
+                input: 300_000,
+                cached_input: 150_000,
+                output: 1_200_000
+            })
+        );
         assert_eq!(m[0].output_max, 100);
     }
 
     #[test]
     fn a_priced_model_without_a_price_is_refused() {
-        let e = parse(&format!("[[model]]\nid = \"a/b\"\ntype = \"openai/chat-completions\"\ninfo = {{}}\n{ROUTE}"))
-            .unwrap_err();
+        let e = parse(&format!(
+            "[[model]]\nid = \"a/b\"\ntype = \"openai/chat-completions\"\ninfo = {{}}\n{ROUTE}"
+        ))
+        .unwrap_err();
         assert!(matches!(e, CatalogError::MissingPrice { .. }), "{e}");
         let e = parse(&format!(
             "[[model]]\nid = \"a/b\"\ntype = \"openai/chat-completions\"\ninfo = {{}}\npricing = {{ input_tokens = \"1\" }}\n{ROUTE}"
         ))
         .unwrap_err();
-        assert_eq!(e, CatalogError::MissingPrice { model: "a/b".into(), unit: "output_tokens" });
+        assert_eq!(
+            e,
+            CatalogError::MissingPrice {
+                model: "a/b".into(),
+                unit: "output_tokens"
+            }
+        );
         let e = parse(&format!(
             "[[model]]\nid = \"a/b\"\ntype = \"openai/chat-completions\"\ninfo = {{}}\npricing = {{ input_tokens = \"-1\", output_tokens = \"1\" }}\n{ROUTE}"
         ))

@@ -106,26 +106,58 @@ mod tests {
     #[test]
     fn cost_rounds_up_once_over_the_sum() {
         // $10 / $30 per 1M tokens at 2,000,000 credits per USD.
-        let p = PriceList { input: 20_000_000, cached_input: 10_000_000, output: 60_000_000 };
-        let u = Usage { prompt_tokens: 10, completion_tokens: 5, cached_tokens: 0 };
+        let p = PriceList {
+            input: 20_000_000,
+            cached_input: 10_000_000,
+            output: 60_000_000,
+        };
+        let u = Usage {
+            prompt_tokens: 10,
+            completion_tokens: 5,
+            cached_tokens: 0,
+        };
         assert_eq!(p.chat_cost(&u), Credits(200 + 300));
-        let u = Usage { prompt_tokens: 10, completion_tokens: 0, cached_tokens: 4 };
+        let u = Usage {
+            prompt_tokens: 10,
+            completion_tokens: 0,
+            cached_tokens: 4,
+        };
         assert_eq!(p.chat_cost(&u), Credits(6 * 20 + 4 * 10));
-        let cheap = PriceList { input: 300_000, cached_input: 150_000, output: 1_200_000 };
-        let u = Usage { prompt_tokens: 3, completion_tokens: 1, cached_tokens: 0 };
+        let cheap = PriceList {
+            input: 300_000,
+            cached_input: 150_000,
+            output: 1_200_000,
+        };
+        let u = Usage {
+            prompt_tokens: 3,
+            completion_tokens: 1,
+            cached_tokens: 0,
+        };
         // 3 × 0.3 + 1 × 1.2 = 2.1 credits → 3
         assert_eq!(cheap.chat_cost(&u), Credits(3));
     }
 
     #[test]
     fn affordable_output_never_exceeds_the_budget() {
-        let p = PriceList { input: 20_000_000, cached_input: 0, output: 60_000_000 };
+        let p = PriceList {
+            input: 20_000_000,
+            cached_input: 0,
+            output: 60_000_000,
+        };
         assert_eq!(p.affordable_output(Credits(1000), 20), 10);
         assert_eq!(p.affordable_output(Credits(399), 20), 0);
         let n = p.affordable_output(Credits(12_345), 17);
-        let u = Usage { prompt_tokens: 17, completion_tokens: n, cached_tokens: 0 };
+        let u = Usage {
+            prompt_tokens: 17,
+            completion_tokens: n,
+            cached_tokens: 0,
+        };
         assert!(p.chat_cost(&u) <= Credits(12_345));
-        let u = Usage { prompt_tokens: 17, completion_tokens: n + 1, cached_tokens: 0 };
+        let u = Usage {
+            prompt_tokens: 17,
+            completion_tokens: n + 1,
+            cached_tokens: 0,
+        };
         assert!(p.chat_cost(&u) > Credits(12_345));
     }
 }

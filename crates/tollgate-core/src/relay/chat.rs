@@ -3,7 +3,7 @@
 use super::routes::{self, Upstream};
 use super::stream::sse_reply;
 use super::ticket::{Bill, Outcome, Ticket};
-use super::{RequestMeta, Relay};
+use super::{Relay, RequestMeta};
 use crate::error::Error;
 use crate::ids;
 use crate::money::Credits;
@@ -25,13 +25,22 @@ pub struct ChatReply {
 
 pub enum ReplyBody {
     /// A complete response, already charged: its body carries `meta.usage`.
-    Json { body: Value, credits: Credits, usd: String },
+    Json {
+        body: Value,
+        credits: Credits,
+        usd: String,
+    },
     /// Server-sent events, each item one or more complete events.
     Stream(BoxStream<'static, Bytes>),
 }
 
 impl Relay {
-    pub async fn chat(&self, who: &Principal, meta: RequestMeta, req: ChatRequest) -> Result<ChatReply, Error> {
+    pub async fn chat(
+        &self,
+        who: &Principal,
+        meta: RequestMeta,
+        req: ChatRequest,
+    ) -> Result<ChatReply, Error> {
         let inner = &self.inner;
         let settings = &inner.settings;
         let admission = policy::admit(settings, &inner.catalog, who, &req)?;
@@ -102,11 +111,24 @@ impl Relay {
                         json!({"usage": {"credits_used": credits.0, "usd_spent": settings.rate.usd_json(credits)}}),
                     );
                 }
-                Ok(ChatReply { inference_id, body: ReplyBody::Json { body, credits, usd } })
+                Ok(ChatReply {
+                    inference_id,
+                    body: ReplyBody::Json { body, credits, usd },
+                })
             }
             Upstream::Stream { first, rest } => {
-                let events = sse_reply(ticket, first, rest, req.include_usage, admission.model.id.clone(), settings.rate);
-                Ok(ChatReply { inference_id, body: ReplyBody::Stream(events) })
+                let events = sse_reply(
+                    ticket,
+                    first,
+                    rest,
+                    req.include_usage,
+                    admission.model.id.clone(),
+                    settings.rate,
+                );
+                Ok(ChatReply {
+                    inference_id,
+                    body: ReplyBody::Stream(events),
+                })
             }
         }
     }
@@ -115,7 +137,11 @@ impl Relay {
 /// The client's body with the fields tollgate owns set: output limit and usage reporting.
 fn upstream_body(req: &ChatRequest, output: u64) -> serde_json::Map<String, Value> {
     let mut body = req.body.clone();
-    let field = if body.contains_key("max_completion_tokens") { "max_completion_tokens" } else { "max_tokens" };
+    let field = if body.contains_key("max_completion_tokens") {
+        "max_completion_tokens"
+    } else {
+        "max_tokens"
+    };
     body.insert(field.into(), json!(output));
     if req.stream {
         let mut options = match body.remove("stream_options") {
@@ -129,7 +155,12 @@ fn upstream_body(req: &ChatRequest, output: u64) -> serde_json::Map<String, Valu
 }
 
 fn collect_message_text(body: &Value, out: &mut String) {
-    for choice in body.get("choices").and_then(Value::as_array).into_iter().flatten() {
+    for choice in body
+        .get("choices")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
         if let Some(text) = choice.pointer("/message/content").and_then(Value::as_str) {
             out.push_str(text);
         }
@@ -139,7 +170,11 @@ fn collect_message_text(body: &Value, out: &mut String) {
     }
 }
 
-fn hold_error(e: HoldError, settings: &crate::settings::Settings, period: Option<&'static str>) -> Error {
+fn hold_error(
+    e: HoldError,
+    settings: &crate::settings::Settings,
+    period: Option<&'static str>,
+) -> Error {
     match e {
         HoldError::Credits { .. } => Error::CreditsExhausted { billing_url: settings.billing_url.clone() },
         HoldError::KeyLimit => Error::KeyLimitReached { period: period.unwrap_or("no_reset") },

@@ -84,14 +84,22 @@ impl Relay {
 
     /// Who holds this bearer key; 401 for a missing, unknown, disabled or deleted key.
     pub async fn authenticate(&self, bearer: Option<&str>) -> Result<Principal, Error> {
-        let key = bearer.map(str::trim).filter(|k| !k.is_empty()).ok_or(Error::InvalidKey)?;
+        let key = bearer
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .ok_or(Error::InvalidKey)?;
         if key.len() > 256 {
             return Err(Error::InvalidKey);
         }
-        let found = self.inner.store.key_by_hash(&keys::hash(key)).await.map_err(|e| {
-            tracing::error!(error = %e, "key lookup failed");
-            Error::Internal
-        })?;
+        let found = self
+            .inner
+            .store
+            .key_by_hash(&keys::hash(key))
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "key lookup failed");
+                Error::Internal
+            })?;
         match found {
             Some((key, account)) if !key.disabled => Ok(Principal { key, account }),
             _ => Err(Error::InvalidKey),
@@ -100,7 +108,9 @@ impl Relay {
 
     /// Responses whose upstream returned more output than was allowed, since start.
     pub fn overage_count(&self) -> u64 {
-        self.inner.overages.load(std::sync::atomic::Ordering::Relaxed)
+        self.inner
+            .overages
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 

@@ -44,7 +44,11 @@ pub(crate) async fn call(
             continue;
         };
         body.insert("model".into(), Value::String(route.upstream_model.clone()));
-        let call = ChatCall { body: body.clone(), stream, timeouts };
+        let call = ChatCall {
+            body: body.clone(),
+            stream,
+            timeouts,
+        };
         let result = match provider.chat(call).await {
             Ok(ChatReply::Complete { body, usage }) => Ok(Upstream::Complete { body, usage }),
             Ok(ChatReply::Stream(mut rest)) => {

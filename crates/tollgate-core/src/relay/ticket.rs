@@ -60,11 +60,16 @@ pub(crate) struct Ticket {
 
 impl Ticket {
     pub fn new(inner: Arc<Inner>, bill: Bill) -> Self {
-        Self { inner, bill: Some(bill) }
+        Self {
+            inner,
+            bill: Some(bill),
+        }
     }
 
     pub fn bill_mut(&mut self) -> &mut Bill {
-        self.bill.as_mut().expect("a ticket's bill is present until it is settled")
+        self.bill
+            .as_mut()
+            .expect("a ticket's bill is present until it is settled")
     }
 
     /// Settles now and waits until the charge is committed. The settlement runs in its own
@@ -74,7 +79,10 @@ impl Ticket {
             return Err(Error::Internal);
         };
         let inner = self.inner.clone();
-        let task = self.inner.tasks.spawn(async move { settle(&inner, bill, outcome).await });
+        let task = self
+            .inner
+            .tasks
+            .spawn(async move { settle(&inner, bill, outcome).await });
         task.await.map_err(|_| Error::Internal)?
     }
 }

@@ -21,20 +21,30 @@ impl TestDb {
     pub fn sqlite() -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let url = format!("sqlite://{}/tollgate.db", dir.path().display());
-        Self { url, _dir: Some(dir) }
+        Self {
+            url,
+            _dir: Some(dir),
+        }
     }
 
     /// A new database on the local PostgreSQL server (`TOLLGATE_TEST_POSTGRES_URL`, default
     /// `postgres://postgres@127.0.0.1:5432`). Fails loudly when the server is unreachable.
     pub async fn postgres() -> Self {
-        let base = std::env::var("TOLLGATE_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
+        let base = std::env::var("TOLLGATE_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
         let name = format!("tg_it_{:016x}", rand::random::<u64>());
         let admin = sqlx::PgPool::connect(&format!("{base}/postgres"))
             .await
             .unwrap_or_else(|e| panic!("PostgreSQL at {base} is required for this test: {e}"));
-        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&admin).await.expect("create database");
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&admin)
+            .await
+            .expect("create database");
         admin.close().await;
-        Self { url: format!("{base}/{name}"), _dir: None }
+        Self {
+            url: format!("{base}/{name}"),
+            _dir: None,
+        }
     }
 }
 
@@ -52,7 +62,10 @@ pub struct Server {
 /// Env for a quick server: instant demo streams, short timeouts.
 pub fn fast_env() -> Vec<(String, String)> {
     vec![
-        ("TOLLGATE__PROVIDERS__DEMO__TOKENS_PER_SECOND".into(), "0".into()),
+        (
+            "TOLLGATE__PROVIDERS__DEMO__TOKENS_PER_SECOND".into(),
+            "0".into(),
+        ),
         ("TOLLGATE__USAGE__FLUSH_INTERVAL_MS".into(), "10".into()),
     ]
 }
@@ -92,14 +105,23 @@ impl Server {
         let base = loop {
             let line = rx
                 .recv_timeout(Duration::from_secs(30))
-                .unwrap_or_else(|_| panic!("tollgate did not start (database {db_url}): {startup:?}"));
+                .unwrap_or_else(|_| {
+                    panic!("tollgate did not start (database {db_url}): {startup:?}")
+                });
             startup.push(line.clone());
             if let Some(rest) = line.split("listening on http://").nth(1) {
                 let addr: String = rest.chars().take_while(|c| !c.is_whitespace()).collect();
                 break format!("http://{addr}");
             }
         };
-        Self { child, base, db_url: db_url.to_owned(), env, logs: rx, startup }
+        Self {
+            child,
+            base,
+            db_url: db_url.to_owned(),
+            env,
+            logs: rx,
+            startup,
+        }
     }
 
     /// Restarts on the same port and database.
@@ -118,7 +140,10 @@ impl Server {
     /// Sends SIGTERM and waits for the process to exit.
     pub fn terminate(mut self) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();
-        Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill");
         let status = self.child.wait().expect("wait");
         std::mem::forget(self);
         status
@@ -126,7 +151,11 @@ impl Server {
 
     /// Log lines printed so far.
     pub fn drain_logs(&self) -> Vec<String> {
-        self.startup.iter().cloned().chain(self.logs.try_iter()).collect()
+        self.startup
+            .iter()
+            .cloned()
+            .chain(self.logs.try_iter())
+            .collect()
     }
 }
 
@@ -147,7 +176,11 @@ pub fn cli(db_url: &str, args: &[&str]) -> (bool, Value, String) {
         .expect("run tollgate");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let json = serde_json::from_str(stdout.trim()).unwrap_or(Value::Null);
-    (out.status.success(), json, String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.success(),
+        json,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// Runs a CLI command that must succeed and print JSON.
@@ -160,15 +193,34 @@ pub fn cli_ok(db_url: &str, args: &[&str]) -> Value {
 
 /// Creates an account with a regular key; `card` adds that sandbox card. Returns the key.
 pub fn account(db_url: &str, email: &str, card: Option<&str>) -> String {
-    cli_ok(db_url, &["account", "create", "--email", email, "--password", PASSWORD]);
+    cli_ok(
+        db_url,
+        &[
+            "account",
+            "create",
+            "--email",
+            email,
+            "--password",
+            PASSWORD,
+        ],
+    );
     if let Some(card) = card {
-        cli_ok(db_url, &["billing", "add-card", "--email", email, "--card", card]);
+        cli_ok(
+            db_url,
+            &["billing", "add-card", "--email", email, "--card", card],
+        );
     }
-    cli_ok(db_url, &["key", "create", "--email", email])["key"].as_str().expect("key").to_owned()
+    cli_ok(db_url, &["key", "create", "--email", email])["key"]
+        .as_str()
+        .expect("key")
+        .to_owned()
 }
 
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder().timeout(Duration::from_secs(60)).build().expect("client")
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("client")
 }
 
 pub fn chat_body(model: &str, extra: Value) -> Value {
@@ -204,16 +256,35 @@ pub fn assert_error_shape(body: &Value, status: u16, code: &str, path: &str) {
     let obj = body.as_object().expect("object");
     let mut keys: Vec<&str> = obj.keys().map(String::as_str).collect();
     keys.sort_unstable();
-    assert_eq!(keys, ["error", "message", "path", "requestId", "statusCode", "timestamp"], "{body}");
+    assert_eq!(
+        keys,
+        [
+            "error",
+            "message",
+            "path",
+            "requestId",
+            "statusCode",
+            "timestamp"
+        ],
+        "{body}"
+    );
     assert_eq!(body["statusCode"], json!(status.to_string()), "{body}");
     assert_eq!(body["path"], json!(path), "{body}");
     assert_eq!(body["error"]["code"], json!(code), "{body}");
     assert_eq!(body["error"]["message"], body["message"], "{body}");
-    assert!(body["error"]["type"].as_str().is_some_and(|t| !t.is_empty()), "{body}");
+    assert!(
+        body["error"]["type"]
+            .as_str()
+            .is_some_and(|t| !t.is_empty()),
+        "{body}"
+    );
     let id = body["requestId"].as_str().expect("requestId");
     assert_eq!(id.len(), 36, "{body}");
     let ts = body["timestamp"].as_str().expect("timestamp");
-    assert!(ts.len() == 24 && ts.ends_with('Z') && ts.as_bytes()[19] == b'.', "timestamp {ts}");
+    assert!(
+        ts.len() == 24 && ts.ends_with('Z') && ts.as_bytes()[19] == b'.',
+        "timestamp {ts}"
+    );
 }
 
 /// The account's balance through the API.
@@ -232,6 +303,10 @@ pub async fn balance(server: &Server, key: &str) -> Value {
 /// Reads an SSE body into its data payloads.
 pub fn sse_data(text: &str) -> Vec<String> {
     text.split("\n\n")
-        .filter_map(|ev| ev.lines().find_map(|l| l.strip_prefix("data: ")).map(str::to_owned))
+        .filter_map(|ev| {
+            ev.lines()
+                .find_map(|l| l.strip_prefix("data: "))
+                .map(str::to_owned)
+        })
         .collect()
 }
