@@ -36,31 +36,101 @@ impl ApiError {
         use StatusCode as S;
         match self {
             Self::Domain(e) => match e {
-                Error::Body(_) => (S::BAD_REQUEST, "invalid_request_error", "body_validation", None),
-                Error::Unsupported(_) => (S::BAD_REQUEST, "invalid_request_error", "unsupported_value", None),
-                Error::InvalidKey => (S::UNAUTHORIZED, "authentication_error", "invalid_api_key", None),
-                Error::CreditsExhausted { .. } => (S::FORBIDDEN, "insufficient_quota", "credits_exhausted", None),
-                Error::TierModelForbidden { .. } => (S::FORBIDDEN, "permission_error", "tier_model_forbidden", None),
-                Error::KeyLimitReached { .. } => (S::FORBIDDEN, "permission_error", "key_limit_reached", None),
-                Error::ScopeForbidden(_) => (S::FORBIDDEN, "permission_error", "scope_forbidden", None),
-                Error::ModelNotFound(_) => (S::NOT_FOUND, "not_found_error", "model_not_found", None),
-                Error::FreeTierLimit { retry_after } => (S::TOO_MANY_REQUESTS, "rate_limit_error", "free_tier_limit", Some(*retry_after)),
-                Error::RateLimited { retry_after, .. } => (S::TOO_MANY_REQUESTS, "rate_limit_error", "rate_limited", Some(*retry_after)),
-                Error::Internal => (S::INTERNAL_SERVER_ERROR, "server_error", "internal_error", None),
+                Error::Body(_) => (
+                    S::BAD_REQUEST,
+                    "invalid_request_error",
+                    "body_validation",
+                    None,
+                ),
+                Error::Unsupported(_) => (
+                    S::BAD_REQUEST,
+                    "invalid_request_error",
+                    "unsupported_value",
+                    None,
+                ),
+                Error::InvalidKey => (
+                    S::UNAUTHORIZED,
+                    "authentication_error",
+                    "invalid_api_key",
+                    None,
+                ),
+                Error::CreditsExhausted { .. } => (
+                    S::FORBIDDEN,
+                    "insufficient_quota",
+                    "credits_exhausted",
+                    None,
+                ),
+                Error::TierModelForbidden { .. } => (
+                    S::FORBIDDEN,
+                    "permission_error",
+                    "tier_model_forbidden",
+                    None,
+                ),
+                Error::KeyLimitReached { .. } => {
+                    (S::FORBIDDEN, "permission_error", "key_limit_reached", None)
+                }
+                Error::ScopeForbidden(_) => {
+                    (S::FORBIDDEN, "permission_error", "scope_forbidden", None)
+                }
+                Error::ModelNotFound(_) => {
+                    (S::NOT_FOUND, "not_found_error", "model_not_found", None)
+                }
+                Error::FreeTierLimit { retry_after } => (
+                    S::TOO_MANY_REQUESTS,
+                    "rate_limit_error",
+                    "free_tier_limit",
+                    Some(*retry_after),
+                ),
+                Error::RateLimited { retry_after, .. } => (
+                    S::TOO_MANY_REQUESTS,
+                    "rate_limit_error",
+                    "rate_limited",
+                    Some(*retry_after),
+                ),
+                Error::Internal => (
+                    S::INTERNAL_SERVER_ERROR,
+                    "server_error",
+                    "internal_error",
+                    None,
+                ),
                 Error::BadGateway(_) => (S::BAD_GATEWAY, "upstream_error", "bad_gateway", None),
-                Error::Unavailable(_) => (S::SERVICE_UNAVAILABLE, "server_error", "service_unavailable", None),
-                Error::GenerationTimeout => (S::GATEWAY_TIMEOUT, "timeout_error", "generation_timeout", None),
+                Error::Unavailable(_) => (
+                    S::SERVICE_UNAVAILABLE,
+                    "server_error",
+                    "service_unavailable",
+                    None,
+                ),
+                Error::GenerationTimeout => (
+                    S::GATEWAY_TIMEOUT,
+                    "timeout_error",
+                    "generation_timeout",
+                    None,
+                ),
             },
-            Self::RouteNotFound { .. } => (S::NOT_FOUND, "not_found_error", "model_not_found", None),
-            Self::MethodNotAllowed => (S::METHOD_NOT_ALLOWED, "invalid_request_error", "method_not_allowed", None),
-            Self::PayloadTooLarge { .. } => (S::PAYLOAD_TOO_LARGE, "invalid_request_error", "payload_too_large", None),
+            Self::RouteNotFound { .. } => {
+                (S::NOT_FOUND, "not_found_error", "model_not_found", None)
+            }
+            Self::MethodNotAllowed => (
+                S::METHOD_NOT_ALLOWED,
+                "invalid_request_error",
+                "method_not_allowed",
+                None,
+            ),
+            Self::PayloadTooLarge { .. } => (
+                S::PAYLOAD_TOO_LARGE,
+                "invalid_request_error",
+                "payload_too_large",
+                None,
+            ),
         }
     }
 
     fn message(&self) -> String {
         match self {
             Self::Domain(e) => e.to_string(),
-            Self::RouteNotFound { method, path } => format!("Cannot {method} {path}: no such route."),
+            Self::RouteNotFound { method, path } => {
+                format!("Cannot {method} {path}: no such route.")
+            }
             Self::MethodNotAllowed => "This method is not allowed on this route.".to_owned(),
             Self::PayloadTooLarge { limit } => {
                 format!("The request body is larger than the limit of {limit} bytes.")

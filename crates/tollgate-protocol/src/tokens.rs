@@ -5,7 +5,9 @@ use tiktoken_rs::CoreBPE;
 
 fn bpe() -> &'static CoreBPE {
     static BPE: OnceLock<CoreBPE> = OnceLock::new();
-    BPE.get_or_init(|| tiktoken_rs::o200k_base().expect("the o200k tables are compiled into the binary"))
+    BPE.get_or_init(|| {
+        tiktoken_rs::o200k_base().expect("the o200k tables are compiled into the binary")
+    })
 }
 
 /// Loads the tokenizer tables now rather than on the first request.

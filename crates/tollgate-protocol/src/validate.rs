@@ -38,7 +38,10 @@ impl fmt::Display for BodyError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Malformed(detail) => {
-                write!(f, "Body validation error: the body is not valid JSON ({detail})")
+                write!(
+                    f,
+                    "Body validation error: the body is not valid JSON ({detail})"
+                )
             }
             Self::Field {
                 field,

@@ -5,8 +5,8 @@
 //! - [`sqlite`]: the default, embedded store; [`postgres`]: the shared multi-node store.
 //! - `rows`: conversions between stored and domain values.
 
-mod rows;
 pub mod postgres;
+mod rows;
 pub mod sqlite;
 mod store_impl;
 
@@ -19,12 +19,18 @@ pub use sqlite::SqliteStore;
 /// Opens the store a database URL names (`sqlite:` or `postgres:`), applying migrations.
 pub async fn connect(url: &str) -> Result<Arc<dyn Store>, String> {
     if url.starts_with("sqlite:") {
-        let store = SqliteStore::connect(url).await.map_err(|e| format!("cannot open {url}: {e}"))?;
+        let store = SqliteStore::connect(url)
+            .await
+            .map_err(|e| format!("cannot open {url}: {e}"))?;
         Ok(Arc::new(store))
     } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-        let store = PgStore::connect(url).await.map_err(|e| format!("cannot connect to the PostgreSQL database: {e}"))?;
+        let store = PgStore::connect(url)
+            .await
+            .map_err(|e| format!("cannot connect to the PostgreSQL database: {e}"))?;
         Ok(Arc::new(store))
     } else {
-        Err(format!("unsupported database URL `{url}`: expected sqlite://PATH or postgres://…"))
+        Err(format!(
+            "unsupported database URL `{url}`: expected sqlite://PATH or postgres://…"
+        ))
     }
 }

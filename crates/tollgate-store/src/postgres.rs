@@ -21,7 +21,10 @@ impl PgStore {
             .connect_with(options)
             .await?;
         sqlx::migrate!("./migrations/postgres").run(&pool).await?;
-        Ok(Self { write: pool.clone(), read: pool })
+        Ok(Self {
+            write: pool.clone(),
+            read: pool,
+        })
     }
 }
 

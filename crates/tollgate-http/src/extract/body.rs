@@ -17,7 +17,12 @@ pub async fn read(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes
     }
     match http_body_util::Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::PayloadTooLarge { limit }),
-        Err(e) => Err(Error::Body(BodyError::Malformed(format!("the body could not be read: {e}"))).into()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(ApiError::PayloadTooLarge { limit })
+        }
+        Err(e) => Err(Error::Body(BodyError::Malformed(format!(
+            "the body could not be read: {e}"
+        )))
+        .into()),
     }
 }

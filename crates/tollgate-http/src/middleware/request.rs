@@ -36,7 +36,10 @@ pub async fn request_context(mut req: Request, next: Next) -> Response {
         started,
     });
     let mut response = next.run(req).await;
-    let parts = response.extensions_mut().remove::<ErrorParts>().or_else(|| bare_error(&response));
+    let parts = response
+        .extensions_mut()
+        .remove::<ErrorParts>()
+        .or_else(|| bare_error(&response));
     if let Some(parts) = parts {
         response = finish_error(response, parts, &path, &id);
     }
@@ -65,12 +68,32 @@ fn bare_error(response: &Response) -> Option<ErrorParts> {
     }
     let (message, kind, code) = match status {
         StatusCode::NOT_FOUND => ("No such route.", "not_found_error", "model_not_found"),
-        StatusCode::METHOD_NOT_ALLOWED => ("This method is not allowed on this route.", "invalid_request_error", "method_not_allowed"),
-        StatusCode::PAYLOAD_TOO_LARGE => ("The request body is too large.", "invalid_request_error", "payload_too_large"),
-        s if s.is_client_error() => ("The request is invalid.", "invalid_request_error", "body_validation"),
-        _ => ("An internal error occurred.", "server_error", "internal_error"),
+        StatusCode::METHOD_NOT_ALLOWED => (
+            "This method is not allowed on this route.",
+            "invalid_request_error",
+            "method_not_allowed",
+        ),
+        StatusCode::PAYLOAD_TOO_LARGE => (
+            "The request body is too large.",
+            "invalid_request_error",
+            "payload_too_large",
+        ),
+        s if s.is_client_error() => (
+            "The request is invalid.",
+            "invalid_request_error",
+            "body_validation",
+        ),
+        _ => (
+            "An internal error occurred.",
+            "server_error",
+            "internal_error",
+        ),
     };
-    Some(ErrorParts { message: message.to_owned(), kind, code })
+    Some(ErrorParts {
+        message: message.to_owned(),
+        kind,
+        code,
+    })
 }
 
 fn finish_error(response: Response, parts: ErrorParts, path: &str, request_id: &str) -> Response {
@@ -89,7 +112,10 @@ fn finish_error(response: Response, parts: ErrorParts, path: &str, request_id: &
         "error": {"message": parts.message, "type": parts.kind, "code": parts.code},
     });
     let (mut head, _) = response.into_parts();
-    head.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    head.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     head.headers.remove(header::CONTENT_LENGTH);
     Response::from_parts(head, Body::from(body.to_string()))
 }

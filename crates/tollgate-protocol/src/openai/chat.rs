@@ -8,7 +8,14 @@ use serde_json::{Map, Value};
 const IMAGE_TOKENS: u64 = 765;
 /// Per-message framing tokens in OpenAI's chat format.
 const MESSAGE_OVERHEAD: u64 = 4;
-const ROLES: &[&str] = &["system", "developer", "user", "assistant", "tool", "function"];
+const ROLES: &[&str] = &[
+    "system",
+    "developer",
+    "user",
+    "assistant",
+    "tool",
+    "function",
+];
 
 /// A validated chat-completions request. `body` is the client's object, forwarded upstream
 /// with only the fields tollgate owns rewritten.
@@ -98,7 +105,12 @@ impl ChatRequest {
                 "`n` must be at most 128".to_owned(),
             ));
         }
-        for field in ["temperature", "top_p", "presence_penalty", "frequency_penalty"] {
+        for field in [
+            "temperature",
+            "top_p",
+            "presence_penalty",
+            "frequency_penalty",
+        ] {
             match body.get(field) {
                 None | Some(Value::Null) | Some(Value::Number(_)) => {}
                 Some(other) => return Err(BodyError::field(field, "number", other).into()),
@@ -218,9 +230,7 @@ fn parse_message(i: usize, item: &Value) -> Result<Message, ChatRequestError> {
                 read_part(&at(&format!("content[{j}]")), part, &mut message)?;
             }
         }
-        Some(other) => {
-            return Err(BodyError::field(at("content"), "string or array", other).into())
-        }
+        Some(other) => return Err(BodyError::field(at("content"), "string or array", other).into()),
     }
     // Tool calls and names count toward the prompt as text.
     for extra in ["tool_calls", "function_call", "name"] {
@@ -308,11 +318,15 @@ mod tests {
             "Body validation error: field `messages[0].content`: expected string or array, received integer"
         );
         assert_eq!(
-            err(json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "max_tokens": "9"})),
+            err(
+                json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "max_tokens": "9"})
+            ),
             "Body validation error: field `max_tokens`: expected integer, received string"
         );
         assert_eq!(
-            err(json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "max_tokens": 0})),
+            err(
+                json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "max_tokens": 0})
+            ),
             "Body validation error: field `max_tokens`: expected integer >= 1, received 0"
         );
         assert!(err(json!([1])).contains("field `body`: expected object, received array"));
@@ -320,12 +334,16 @@ mod tests {
 
     #[test]
     fn unknown_roles_are_unsupported_and_images_are_seen() {
-        assert!(err(json!({"model": "m", "messages": [{"role": "wizard", "content": "x"}]}))
-            .starts_with("Unsupported value: `messages[0].role` role `wizard`"));
-        let r = ChatRequest::from_value(json!({"model": "m", "messages": [{"role": "user", "content": [
-            {"type": "text", "text": "what is this"},
-            {"type": "image_url", "image_url": {"url": "data:image/png;base64,AA"}}
-        ]}]}))
+        assert!(
+            err(json!({"model": "m", "messages": [{"role": "wizard", "content": "x"}]}))
+                .starts_with("Unsupported value: `messages[0].role` role `wizard`")
+        );
+        let r = ChatRequest::from_value(
+            json!({"model": "m", "messages": [{"role": "user", "content": [
+                {"type": "text", "text": "what is this"},
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,AA"}}
+            ]}]}),
+        )
         .unwrap();
         assert!(r.has_image);
         assert!(r.prompt_tokens() > IMAGE_TOKENS);

@@ -56,7 +56,14 @@ mod tests {
             "prompt_tokens_details": {"cached_tokens": 50}
         })))
         .unwrap();
-        assert_eq!(u, Usage { prompt_tokens: 10, completion_tokens: 5, cached_tokens: 10 });
+        assert_eq!(
+            u,
+            Usage {
+                prompt_tokens: 10,
+                completion_tokens: 5,
+                cached_tokens: 10
+            }
+        );
         assert_eq!(Usage::from_openai(Some(&json!("x"))), None);
         assert_eq!(Usage::from_openai(None), None);
     }

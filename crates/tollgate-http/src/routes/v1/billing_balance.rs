@@ -9,13 +9,19 @@ use axum::Json;
 use chrono::{SecondsFormat, Utc};
 use serde_json::{json, Value};
 
-pub async fn handle(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+pub async fn handle(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
     let who = state.relay.authenticate(bearer(&headers)).await?;
     let account = &who.account;
     let threshold = state.relay.settings().low_balance_threshold;
     let low = account.balance < threshold;
     let (status, explanation) = if account.balance.0 <= 0 {
-        ("exhausted", "No credits are left; add a billing method or buy credits to continue")
+        (
+            "exhausted",
+            "No credits are left; add a billing method or buy credits to continue",
+        )
     } else if low {
         ("low", "Balance is below the low-balance threshold")
     } else {

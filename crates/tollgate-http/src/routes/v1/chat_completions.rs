@@ -37,7 +37,10 @@ pub async fn handle(
         ReplyBody::Json { body, credits, usd } => {
             let mut r = Response::new(Body::from(body.to_string()));
             let h = r.headers_mut();
-            h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
             h.insert("x-tollgate-credits-used", HeaderValue::from(credits.0));
             if let Ok(v) = HeaderValue::from_str(&usd) {
                 h.insert("x-tollgate-usd-spent", v);
@@ -47,7 +50,10 @@ pub async fn handle(
         ReplyBody::Stream(events) => {
             let mut r = Response::new(Body::from_stream(events.map(Ok::<_, Infallible>)));
             let h = r.headers_mut();
-            h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/event-stream"),
+            );
             h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
             h.insert("x-accel-buffering", HeaderValue::from_static("no"));
             r

@@ -14,7 +14,11 @@ pub fn render(catalog: &Catalog) -> Bytes {
         .models()
         .iter()
         .map(|m| {
-            let developer = m.info.get("developer").and_then(Value::as_str).unwrap_or("tollgate");
+            let developer = m
+                .info
+                .get("developer")
+                .and_then(Value::as_str)
+                .unwrap_or("tollgate");
             json!({
                 "id": m.id,
                 "object": "model",
@@ -32,6 +36,9 @@ pub fn render(catalog: &Catalog) -> Bytes {
 
 pub async fn list(State(state): State<AppState>) -> Response {
     let mut r = Response::new(Body::from((*state.models_json).clone()));
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     r
 }
