@@ -24,6 +24,18 @@ async fn free_account_calls_free_models_and_gets_403_on_priced_ones() {
     assert_eq!(inference_id.len(), 21);
     assert_eq!(resp.headers()["x-tollgate-credits-used"], "0");
     assert_eq!(resp.headers()["x-tollgate-usd-spent"], "0");
+    let exposed = resp.headers()["access-control-expose-headers"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    for h in [
+        "x-inference-id",
+        "x-client-request-id",
+        "x-tollgate-credits-used",
+        "x-tollgate-usd-spent",
+    ] {
+        assert!(exposed.contains(h), "{h} not exposed: {exposed}");
+    }
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["object"], "chat.completion");
     assert_eq!(
