@@ -182,6 +182,16 @@ pub struct Discrepancy {
     pub expired_holds: i64,
 }
 
+impl Discrepancy {
+    /// Whether this account's books disagree (the check's verdict for one row).
+    pub fn disagrees(&self) -> bool {
+        self.balance != self.ledger_sum
+            || self.held != self.holds_sum
+            || self.expired_holds > 0
+            || self.balance < self.held
+    }
+}
+
 #[async_trait::async_trait]
 pub trait Store: Send + Sync + 'static {
     async fn ping(&self) -> Result<(), StoreError>;

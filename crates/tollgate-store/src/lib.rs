@@ -1,14 +1,15 @@
 //! SQLite and PostgreSQL implementations of the store traits `tollgate-core` owns.
 //!
 //! Layout:
-//! - [`store_impl`](self): the store written once, expanded per backend.
-//! - [`sqlite`]: the default, embedded store; [`postgres`]: the shared multi-node store.
-//! - `rows`: conversions between stored and domain values.
+//! - [`sqlite`]: the default, embedded store (rusqlite; one writer thread, group commit).
+//! - [`postgres`]: the shared multi-node store (sqlx; row locks in short transactions).
+//! - `reserve`: the hold and settlement arithmetic both share, so they cannot drift.
+//! - `rows`: conversions between stored and domain values, and shared SQL.
 
 pub mod postgres;
+mod reserve;
 mod rows;
 pub mod sqlite;
-mod store_impl;
 
 use std::sync::Arc;
 use tollgate_core::store::Store;

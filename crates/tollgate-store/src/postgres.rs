@@ -28,4 +28,619 @@ impl PgStore {
     }
 }
 
-crate::store_impl::store_impl!(PgStore, sqlx::Postgres, "BEGIN", " FOR UPDATE");
+use crate::reserve::{self, KeyRoom, HOUR_MS};
+use crate::rows::{kind, limit, millis, scopes, time, unique_subject, LEDGER_CHECK_SQL};
+use chrono::{DateTime, Utc};
+use sqlx::Row;
+use tollgate_core::accounts::Account;
+use tollgate_core::keys::ApiKey;
+use tollgate_core::money::Credits;
+use tollgate_core::store::*;
+use tollgate_core::usage::UsageRecord;
+
+type Tx = sqlx::Transaction<'static, sqlx::Postgres>;
+
+fn db(e: sqlx::Error) -> StoreError {
+    match &e {
+        sqlx::Error::Database(d) if d.is_unique_violation() => {
+            StoreError::Conflict(unique_subject(d.message()))
+        }
+        _ => StoreError::Database(e.to_string()),
+    }
+}
+
+const ACCOUNT_COLUMNS: &str =
+    "a.id AS a_id, a.email, a.has_billing_method, a.has_paid, a.suspended, a.balance, a.held AS a_held, a.created_at AS a_created";
+
+fn account_row(r: &<sqlx::Postgres as sqlx::Database>::Row) -> Result<Account, sqlx::Error> {
+    Ok(Account {
+        id: r.try_get("a_id")?,
+        email: r.try_get("email")?,
+        has_billing_method: r.try_get("has_billing_method")?,
+        has_paid: r.try_get("has_paid")?,
+        suspended: r.try_get("suspended")?,
+        balance: Credits(r.try_get("balance")?),
+        held: Credits(r.try_get("a_held")?),
+        created_at: time(r.try_get("a_created")?),
+    })
+}
+
+fn key_row(r: &<sqlx::Postgres as sqlx::Database>::Row) -> Result<ApiKey, sqlx::Error> {
+    Ok(ApiKey {
+        id: r.try_get("id")?,
+        account_id: r.try_get("account_id")?,
+        prefix: r.try_get("prefix")?,
+        name: r.try_get("name")?,
+        kind: kind(&r.try_get::<String, _>("kind")?),
+        disabled: r.try_get("disabled")?,
+        scopes: scopes(r.try_get("scopes")?),
+        limit: limit(r.try_get("limit_retention")?, r.try_get("limit_threshold")?),
+    })
+}
+
+impl PgStore {
+    async fn begin(&self) -> Result<Tx, StoreError> {
+        self.write.begin_with("BEGIN").await.map_err(db)
+    }
+
+    async fn account_where(
+        &self,
+        column: &str,
+        value: &str,
+    ) -> Result<Option<Account>, StoreError> {
+        let sql = format!("SELECT {ACCOUNT_COLUMNS} FROM accounts a WHERE a.{column} = $1");
+        let row = sqlx::query(&sql)
+            .bind(value)
+            .fetch_optional(&self.read)
+            .await
+            .map_err(db)?;
+        row.as_ref().map(account_row).transpose().map_err(db)
+    }
+}
+
+/// Appends a ledger entry and moves the balance inside `tx`. Returns `None` when the
+/// idempotency key was already used (nothing applied).
+async fn append(tx: &mut Tx, e: &LedgerWrite, now: i64) -> Result<Option<Credits>, StoreError> {
+    let inserted = sqlx::query(
+        "INSERT INTO ledger (account_id, direction, type, amount, model, reference_id, description, idempotency_key, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (idempotency_key) DO NOTHING",
+    )
+    .bind(&e.account_id)
+    .bind(e.direction.as_str())
+    .bind(e.kind.as_str())
+    .bind(e.amount.0)
+    .bind(&e.model)
+    .bind(&e.reference_id)
+    .bind(&e.description)
+    .bind(&e.idempotency_key)
+    .bind(now)
+    .execute(&mut **tx)
+    .await
+    .map_err(db)?
+    .rows_affected();
+    if inserted == 0 {
+        return Ok(None);
+    }
+    let delta = match e.direction {
+        Direction::Topup => e.amount.0,
+        Direction::Charge => -e.amount.0,
+    };
+    let balance: i64 = sqlx::query_scalar(
+        "UPDATE accounts SET balance = balance + $1 WHERE id = $2 RETURNING balance",
+    )
+    .bind(delta)
+    .bind(&e.account_id)
+    .fetch_optional(&mut **tx)
+    .await
+    .map_err(db)?
+    .ok_or(StoreError::NotFound("account"))?;
+    Ok(Some(Credits(balance)))
+}
+
+/// Releases the holds matching `filter` (a condition on `h`, with `$1` bound to `arg`).
+async fn release_where(
+    tx: &mut Tx,
+    filter: &str,
+    arg: &(dyn AnyArg + Sync),
+) -> Result<u64, StoreError> {
+    // Lock the holds first, as `settle` does before it locks the account: without this, a
+    // concurrent settle of the same hold deadlocks with us, or our sums below see a hold
+    // that settle has already given back (PostgreSQL, READ COMMITTED).
+    let lock = format!("SELECT h.id FROM holds h WHERE {filter} ORDER BY h.id FOR UPDATE");
+    arg.bind_exec(&lock, tx).await?;
+    let accounts = format!(
+        "UPDATE accounts SET held = held - (SELECT COALESCE(SUM(h.amount), 0) FROM holds h WHERE h.account_id = accounts.id AND {filter})
+         WHERE id IN (SELECT h.account_id FROM holds h WHERE {filter})"
+    );
+    arg.bind_exec(&accounts, tx).await?;
+    let keys = format!(
+        "UPDATE api_keys SET held = held - (SELECT COALESCE(SUM(h.amount), 0) FROM holds h WHERE h.key_id = api_keys.id AND h.key_limited AND {filter})
+         WHERE id IN (SELECT h.key_id FROM holds h WHERE h.key_limited AND {filter})"
+    );
+    arg.bind_exec(&keys, tx).await?;
+    let delete = format!("DELETE FROM holds WHERE id IN (SELECT h.id FROM holds h WHERE {filter})");
+    arg.bind_exec(&delete, tx).await
+}
+
+/// A single bind argument of either type, so `release_where` serves both filters.
+#[async_trait::async_trait]
+trait AnyArg {
+    async fn bind_exec(&self, sql: &str, tx: &mut Tx) -> Result<u64, StoreError>;
+}
+
+#[async_trait::async_trait]
+impl AnyArg for i64 {
+    async fn bind_exec(&self, sql: &str, tx: &mut Tx) -> Result<u64, StoreError> {
+        Ok(sqlx::query(sql)
+            .bind(*self)
+            .execute(&mut **tx)
+            .await
+            .map_err(db)?
+            .rows_affected())
+    }
+}
+
+#[async_trait::async_trait]
+impl AnyArg for String {
+    async fn bind_exec(&self, sql: &str, tx: &mut Tx) -> Result<u64, StoreError> {
+        Ok(sqlx::query(sql)
+            .bind(self.as_str())
+            .execute(&mut **tx)
+            .await
+            .map_err(db)?
+            .rows_affected())
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for PgStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.read)
+            .await
+            .map_err(db)?;
+        Ok(())
+    }
+
+    async fn create_account(
+        &self,
+        id: &str,
+        email: &str,
+        password_hash: &str,
+    ) -> Result<Account, StoreError> {
+        let now = Utc::now();
+        sqlx::query(
+            "INSERT INTO accounts (id, email, password_hash, created_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(id)
+        .bind(email)
+        .bind(password_hash)
+        .bind(millis(now))
+        .execute(&self.write)
+        .await
+        .map_err(db)?;
+        self.account_where("id", id)
+            .await?
+            .ok_or(StoreError::NotFound("account"))
+    }
+
+    async fn account(&self, id: &str) -> Result<Option<Account>, StoreError> {
+        self.account_where("id", id).await
+    }
+
+    async fn account_by_email(&self, email: &str) -> Result<Option<Account>, StoreError> {
+        self.account_where("email", email).await
+    }
+
+    async fn create_key(&self, key: NewKey) -> Result<ApiKey, StoreError> {
+        sqlx::query(
+            "INSERT INTO api_keys (id, account_id, prefix, hash, name, kind, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&key.id)
+        .bind(&key.account_id)
+        .bind(&key.prefix)
+        .bind(&key.hash)
+        .bind(&key.name)
+        .bind(key.kind.as_str())
+        .bind(millis(Utc::now()))
+        .execute(&self.write)
+        .await
+        .map_err(db)?;
+        Ok(ApiKey {
+            id: key.id,
+            account_id: key.account_id,
+            prefix: key.prefix,
+            name: key.name,
+            kind: key.kind,
+            disabled: false,
+            scopes: None,
+            limit: None,
+        })
+    }
+
+    async fn key_by_hash(&self, hash: &str) -> Result<Option<(ApiKey, Account)>, StoreError> {
+        let sql = format!(
+            "SELECT k.id, k.account_id, k.prefix, k.name, k.kind, k.disabled, k.scopes, k.limit_retention, k.limit_threshold, {ACCOUNT_COLUMNS}
+             FROM api_keys k JOIN accounts a ON a.id = k.account_id WHERE k.hash = $1 AND k.deleted_at IS NULL"
+        );
+        let row = sqlx::query(&sql)
+            .bind(hash)
+            .fetch_optional(&self.read)
+            .await
+            .map_err(db)?;
+        match row {
+            None => Ok(None),
+            Some(r) => Ok(Some((
+                key_row(&r).map_err(db)?,
+                account_row(&r).map_err(db)?,
+            ))),
+        }
+    }
+
+    async fn add_card(
+        &self,
+        account_id: &str,
+        card: SavedCard,
+        grant: Credits,
+    ) -> Result<CardOutcome, StoreError> {
+        let now = millis(Utc::now());
+        let mut tx = self.begin().await?;
+        let granted_before: Option<bool> =
+            sqlx::query_scalar("SELECT bonus_granted FROM accounts WHERE id = $1 FOR UPDATE")
+                .bind(account_id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db)?;
+        let granted_before = granted_before.ok_or(StoreError::NotFound("account"))?;
+        sqlx::query(
+            "INSERT INTO cards (id, account_id, fingerprint, brand, last4, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&card.id)
+        .bind(account_id)
+        .bind(&card.fingerprint)
+        .bind(&card.brand)
+        .bind(&card.last4)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        sqlx::query("UPDATE accounts SET has_billing_method = TRUE WHERE id = $1")
+            .bind(account_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        let mut granted = false;
+        if !granted_before && grant > Credits::ZERO {
+            let fresh_card = sqlx::query(
+                "INSERT INTO card_grants (fingerprint, account_id, created_at) VALUES ($1, $2, $3) ON CONFLICT (fingerprint) DO NOTHING",
+            )
+            .bind(&card.fingerprint)
+            .bind(account_id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?
+            .rows_affected()
+                == 1;
+            if fresh_card {
+                let entry = LedgerWrite {
+                    account_id: account_id.to_owned(),
+                    direction: Direction::Topup,
+                    kind: EntryType::Bonus,
+                    amount: grant,
+                    model: None,
+                    reference_id: Some(card.id.clone()),
+                    description: Some("Billing method added: one-time grant".into()),
+                    idempotency_key: format!("billing-method-grant:{account_id}"),
+                };
+                granted = append(&mut tx, &entry, now).await?.is_some();
+                sqlx::query("UPDATE accounts SET bonus_granted = TRUE WHERE id = $1")
+                    .bind(account_id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db)?;
+            }
+        }
+        let balance: i64 = sqlx::query_scalar("SELECT balance FROM accounts WHERE id = $1")
+            .bind(account_id)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        Ok(CardOutcome {
+            granted,
+            balance: Credits(balance),
+        })
+    }
+
+    async fn write_ledger(&self, entry: LedgerWrite) -> Result<Credits, StoreError> {
+        if entry.amount <= Credits::ZERO {
+            return Err(StoreError::Database(
+                "a ledger amount must be positive".into(),
+            ));
+        }
+        let mut tx = self.begin().await?;
+        let row = sqlx::query("SELECT balance, held FROM accounts WHERE id = $1 FOR UPDATE")
+            .bind(&entry.account_id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db)?
+            .ok_or(StoreError::NotFound("account"))?;
+        let (balance, held): (i64, i64) = (
+            row.try_get("balance").map_err(db)?,
+            row.try_get("held").map_err(db)?,
+        );
+        if entry.direction == Direction::Charge && balance - held < entry.amount.0 {
+            // A retry of a charge that already applied reports success, not a shortfall.
+            let applied: Option<i64> =
+                sqlx::query_scalar("SELECT id FROM ledger WHERE idempotency_key = $1")
+                    .bind(&entry.idempotency_key)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(db)?;
+            return if applied.is_some() {
+                Ok(Credits(balance))
+            } else {
+                Err(StoreError::Insufficient)
+            };
+        }
+        let out = append(&mut tx, &entry, millis(Utc::now())).await?;
+        tx.commit().await.map_err(db)?;
+        Ok(out.unwrap_or(Credits(balance)))
+    }
+
+    async fn hold(&self, req: HoldRequest) -> Result<Hold, HoldError> {
+        let now = millis(req.now);
+        let mut tx = self.begin().await?;
+        let row = sqlx::query("SELECT balance, held FROM accounts WHERE id = $1 FOR UPDATE")
+            .bind(&req.account_id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db)?
+            .ok_or(StoreError::NotFound("account"))?;
+        let balance: i64 = row.try_get("balance").map_err(db)?;
+        let held: i64 = row.try_get("held").map_err(db)?;
+        if let Some(free) = req.free_tier {
+            let in_flight: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM holds WHERE account_id = $1 AND lease_until > $2",
+            )
+            .bind(&req.account_id)
+            .bind(now)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db)?;
+            let window = now - HOUR_MS;
+            let row = sqlx::query("SELECT COUNT(*) AS n, MIN(at) AS oldest FROM free_requests WHERE account_id = $1 AND at > $2")
+                .bind(&req.account_id)
+                .bind(window)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(db)?;
+            let recent: i64 = row.try_get("n").map_err(db)?;
+            let oldest: Option<i64> = row.try_get("oldest").map_err(db)?;
+            reserve::free_tier(free, in_flight, recent, oldest, now)?;
+            sqlx::query("DELETE FROM free_requests WHERE account_id = $1 AND at <= $2")
+                .bind(&req.account_id)
+                .bind(window)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+            sqlx::query("INSERT INTO free_requests (account_id, at) VALUES ($1, $2)")
+                .bind(&req.account_id)
+                .bind(now)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+        }
+        let key = match req.key_limit {
+            None => None,
+            Some((limit, start)) => {
+                let row = sqlx::query("SELECT limit_period_start, limit_spent, held FROM api_keys WHERE id = $1 FOR UPDATE")
+                    .bind(&req.key_id)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(db)?;
+                let period: i64 = row.try_get("limit_period_start").map_err(db)?;
+                let spent: i64 = if period == millis(start) {
+                    row.try_get("limit_spent").map_err(db)?
+                } else {
+                    0
+                };
+                Some(KeyRoom {
+                    threshold: limit.threshold.0,
+                    spent,
+                    held: row.try_get::<i64, _>("held").map_err(db)?,
+                })
+            }
+        };
+        let reserve = reserve::amount(balance, held, key, req.min, req.max)?;
+        if let Some((_, start)) = req.key_limit {
+            sqlx::query(
+                "UPDATE api_keys SET held = held + $1, limit_spent = CASE WHEN limit_period_start = $2 THEN limit_spent ELSE 0 END, limit_period_start = $2 WHERE id = $3",
+            )
+            .bind(reserve)
+            .bind(millis(start))
+            .bind(&req.key_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        }
+        if reserve > 0 {
+            sqlx::query("UPDATE accounts SET held = held + $1 WHERE id = $2")
+                .bind(reserve)
+                .bind(&req.account_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+        }
+        sqlx::query(
+            "INSERT INTO holds (id, account_id, key_id, key_limited, node_id, amount, created_at, lease_until) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(&req.id)
+        .bind(&req.account_id)
+        .bind(&req.key_id)
+        .bind(req.key_limit.is_some())
+        .bind(&req.node_id)
+        .bind(reserve)
+        .bind(now)
+        .bind(millis(req.lease_until))
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        Ok(Hold {
+            amount: Credits(reserve),
+        })
+    }
+
+    async fn settle(&self, s: Settlement) -> Result<Settled, StoreError> {
+        let now = millis(Utc::now());
+        let mut tx = self.begin().await?;
+        let hold =
+            sqlx::query("DELETE FROM holds WHERE id = $1 RETURNING key_id, key_limited, amount")
+                .bind(&s.hold_id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db)?;
+        let Some(hold) = hold else {
+            let done: Option<i64> =
+                sqlx::query_scalar("SELECT id FROM ledger WHERE idempotency_key = $1")
+                    .bind(format!("usage:{}", s.hold_id))
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(db)?;
+            tx.rollback().await.map_err(db)?;
+            return Ok(if done.is_some() {
+                Settled::AlreadySettled
+            } else {
+                Settled::HoldGone
+            });
+        };
+        let key_id: String = hold.try_get("key_id").map_err(db)?;
+        let key_limited: bool = hold.try_get("key_limited").map_err(db)?;
+        let amount: i64 = hold.try_get("amount").map_err(db)?;
+        let row = sqlx::query("SELECT balance, held FROM accounts WHERE id = $1 FOR UPDATE")
+            .bind(&s.account_id)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db)?;
+        let balance: i64 = row.try_get("balance").map_err(db)?;
+        let held: i64 = row.try_get("held").map_err(db)?;
+        let charge = reserve::charge(s.charge, balance, held, amount);
+        sqlx::query("UPDATE accounts SET held = held - $1 WHERE id = $2")
+            .bind(amount)
+            .bind(&s.account_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        if key_limited {
+            let start = s.key_period_start.map(millis).unwrap_or(0);
+            sqlx::query(
+                "UPDATE api_keys SET held = held - $1, limit_spent = CASE WHEN limit_period_start = $2 THEN limit_spent + $3 ELSE $3 END, limit_period_start = $2 WHERE id = $4",
+            )
+            .bind(amount)
+            .bind(start)
+            .bind(charge)
+            .bind(&key_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        }
+        if charge > 0 {
+            let entry = LedgerWrite {
+                account_id: s.account_id.clone(),
+                direction: Direction::Charge,
+                kind: EntryType::ModelUsage,
+                amount: Credits(charge),
+                model: Some(s.model.clone()),
+                reference_id: Some(s.hold_id.clone()),
+                description: None,
+                idempotency_key: format!("usage:{}", s.hold_id),
+            };
+            if append(&mut tx, &entry, now).await?.is_none() {
+                tx.rollback().await.map_err(db)?;
+                return Ok(Settled::AlreadySettled);
+            }
+        }
+        tx.commit().await.map_err(db)?;
+        Ok(Settled::Charged(Credits(charge)))
+    }
+
+    async fn release_node_holds(&self, node_id: &str) -> Result<u64, StoreError> {
+        let mut tx = self.begin().await?;
+        let n = release_where(&mut tx, "h.node_id = $1", &node_id.to_owned()).await?;
+        tx.commit().await.map_err(db)?;
+        Ok(n)
+    }
+
+    async fn release_expired_holds(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
+        let mut tx = self.begin().await?;
+        let n = release_where(&mut tx, "h.lease_until < $1", &millis(now)).await?;
+        tx.commit().await.map_err(db)?;
+        Ok(n)
+    }
+
+    async fn ledger_check(&self, now: DateTime<Utc>) -> Result<Vec<Discrepancy>, StoreError> {
+        let rows = sqlx::query(LEDGER_CHECK_SQL)
+            .bind(millis(now))
+            .fetch_all(&self.read)
+            .await
+            .map_err(db)?;
+        let mut out = Vec::new();
+        for r in rows {
+            let d = Discrepancy {
+                account_id: r.try_get("id").map_err(db)?,
+                email: r.try_get("email").map_err(db)?,
+                balance: Credits(r.try_get("balance").map_err(db)?),
+                ledger_sum: Credits(r.try_get("ledger_sum").map_err(db)?),
+                held: Credits(r.try_get("held").map_err(db)?),
+                holds_sum: Credits(r.try_get("holds_sum").map_err(db)?),
+                expired_holds: r.try_get("expired").map_err(db)?,
+            };
+            if d.disagrees() {
+                out.push(d);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn record_usage(&self, rows: &[UsageRecord]) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        for r in rows {
+            sqlx::query(
+                "INSERT INTO usage_logs (inference_id, request_id, client_request_id, account_id, key_id, model, status, origin, error_code,
+                    prompt_tokens, completion_tokens, cached_tokens, credits, stream, duration_ms, ttft_ms, created_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
+                 ON CONFLICT (inference_id) DO NOTHING",
+            )
+            .bind(&r.inference_id)
+            .bind(&r.request_id)
+            .bind(&r.client_request_id)
+            .bind(&r.account_id)
+            .bind(&r.key_id)
+            .bind(&r.model)
+            .bind(r.status.as_str())
+            .bind(r.origin)
+            .bind(r.error_code)
+            .bind(i64::try_from(r.prompt_tokens).unwrap_or(i64::MAX))
+            .bind(i64::try_from(r.completion_tokens).unwrap_or(i64::MAX))
+            .bind(i64::try_from(r.cached_tokens).unwrap_or(i64::MAX))
+            .bind(r.credits.0)
+            .bind(r.stream)
+            .bind(i64::try_from(r.duration_ms).unwrap_or(i64::MAX))
+            .bind(r.ttft_ms.map(|t| i64::try_from(t).unwrap_or(i64::MAX)))
+            .bind(millis(r.created_at))
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+            sqlx::query("UPDATE api_keys SET last_used_at = $1 WHERE id = $2 AND (last_used_at IS NULL OR last_used_at < $1)")
+                .bind(millis(r.created_at))
+                .bind(&r.key_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+        }
+        tx.commit().await.map_err(db)?;
+        Ok(())
+    }
+}

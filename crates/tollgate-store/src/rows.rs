@@ -3,7 +3,6 @@
 use chrono::{DateTime, TimeZone, Utc};
 use tollgate_core::keys::{KeyKind, Retention, SpendLimit};
 use tollgate_core::money::Credits;
-use tollgate_core::store::StoreError;
 
 pub(crate) fn millis(t: DateTime<Utc>) -> i64 {
     t.timestamp_millis()
@@ -32,20 +31,22 @@ pub(crate) fn limit(retention: Option<String>, threshold: Option<i64>) -> Option
     })
 }
 
-pub(crate) fn db(e: sqlx::Error) -> StoreError {
-    match &e {
-        sqlx::Error::Database(d) if d.is_unique_violation() => {
-            let msg = d.message();
-            if msg.contains("email") {
-                StoreError::Conflict("email")
-            } else if msg.contains("prefix") || msg.contains("hash") {
-                StoreError::Conflict("key prefix")
-            } else if msg.contains("idempotency") {
-                StoreError::Conflict("idempotency key")
-            } else {
-                StoreError::Conflict("unique value")
-            }
-        }
-        _ => StoreError::Database(e.to_string()),
+/// Which uniqueness rule a database's unique-violation message names.
+pub(crate) fn unique_subject(msg: &str) -> &'static str {
+    if msg.contains("email") {
+        "email"
+    } else if msg.contains("prefix") || msg.contains("hash") {
+        "key prefix"
+    } else if msg.contains("idempotency") {
+        "idempotency key"
+    } else {
+        "unique value"
     }
 }
+
+/// Every account with its ledger sum, live holds and expired holds (`$1`/`?1` = now, ms).
+pub(crate) const LEDGER_CHECK_SQL: &str = "SELECT a.id, a.email, a.balance, a.held,
+    CAST(COALESCE((SELECT SUM(CASE WHEN l.direction = 'TOPUP' THEN l.amount ELSE -l.amount END) FROM ledger l WHERE l.account_id = a.id), 0) AS BIGINT) AS ledger_sum,
+    CAST(COALESCE((SELECT SUM(h.amount) FROM holds h WHERE h.account_id = a.id), 0) AS BIGINT) AS holds_sum,
+    (SELECT COUNT(*) FROM holds h WHERE h.account_id = a.id AND h.lease_until < $1) AS expired
+ FROM accounts a ORDER BY a.email";

@@ -11,13 +11,15 @@
 use chrono::{DateTime, Duration, Utc};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::sqlite::SqlitePoolOptions;
-use sqlx::{PgPool, SqlitePool};
+use sqlx::{Connection, PgConnection, PgPool, SqlitePool};
 use std::sync::Arc;
+use std::time::Duration as StdDuration;
+use tokio::sync::{Semaphore, SemaphorePermit};
 use tollgate_core::keys::{KeyKind, Retention, SpendLimit};
 use tollgate_core::money::Credits;
 use tollgate_core::store::{
-    CardOutcome, Direction, EntryType, FreeTierCheck, HoldError, HoldRequest, LedgerWrite, NewKey, SavedCard, Settled,
-    Settlement, Store, StoreError,
+    CardOutcome, Direction, EntryType, FreeTierCheck, HoldError, HoldRequest, LedgerWrite, NewKey,
+    SavedCard, Settled, Settlement, Store, StoreError,
 };
 use tollgate_store::{PgStore, SqliteStore};
 
@@ -25,6 +27,11 @@ use tollgate_store::{PgStore, SqliteStore};
 // Harness: a fresh store per test, plus a raw pool on the same database.
 
 const DEFAULT_PG_URL: &str = "postgres://postgres@127.0.0.1:5432";
+/// PostgreSQL tests running at once. A store's pool may open 32 connections; an ordinary test
+/// uses a few, so this many fit well under the server's default `max_connections` (100). A
+/// test that opens a second node takes every slot and runs alone.
+const PG_SLOTS: u32 = 8;
+static PG_PARALLEL: Semaphore = Semaphore::const_new(PG_SLOTS as usize);
 const GRANT: Credits = Credits(50_000);
 
 /// A raw connection pool on the test database, for setup the store has no API for yet and
@@ -61,25 +68,45 @@ struct Harness {
     url: String,
     /// PostgreSQL: the admin URL and database name to drop when the test ends.
     pg_cleanup: Option<(String, String)>,
+    /// PostgreSQL: this test's share of `PG_PARALLEL`, released after the clean-up.
+    pg_slots: Option<SemaphorePermit<'static>>,
     _dir: Option<tempfile::TempDir>,
 }
 
 impl Harness {
     /// A second, independent store on the same database, as another tollgate node would open.
-    async fn another_node(&self) -> Arc<dyn Store> {
-        tollgate_store::connect(&self.url).await.unwrap_or_else(|e| panic!("second store: {e}"))
+    async fn another_node(&mut self) -> Arc<dyn Store> {
+        if self.pg_slots.take().is_some() {
+            // Two busy pools can use most of the server's connections: wait to run alone.
+            let all = PG_PARALLEL
+                .acquire_many(PG_SLOTS)
+                .await
+                .expect("semaphore open");
+            self.pg_slots = Some(all);
+        }
+        tollgate_store::connect(&self.url)
+            .await
+            .unwrap_or_else(|e| panic!("second store: {e}"))
     }
 }
 
 impl Drop for Harness {
     fn drop(&mut self) {
-        let Some((admin, name)) = self.pg_cleanup.take() else { return };
+        let Some((admin, name)) = self.pg_cleanup.take() else {
+            return;
+        };
         // Drop runs inside the test's runtime, so do the async clean-up on a thread of its own.
         let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
             rt.block_on(async {
-                let pool = PgPoolOptions::new().max_connections(1).connect(&admin).await.ok()?;
-                sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&pool).await.ok()
+                let mut conn = PgConnection::connect(&admin).await.ok()?;
+                sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .execute(&mut conn)
+                    .await
+                    .ok()
             })
         })
         .join();
@@ -89,16 +116,31 @@ impl Drop for Harness {
 async fn make_sqlite_store() -> Harness {
     let dir = tempfile::tempdir().expect("temp dir");
     let url = format!("sqlite://{}/t.db", dir.path().display());
-    let store = SqliteStore::connect(&url).await.unwrap_or_else(|e| panic!("open {url}: {e}"));
-    let raw = SqlitePoolOptions::new().max_connections(1).connect(&url).await.expect("raw SQLite pool");
-    Harness { store: Arc::new(store), raw: Raw::Sqlite(raw), url, pg_cleanup: None, _dir: Some(dir) }
+    let store = SqliteStore::connect(&url)
+        .await
+        .unwrap_or_else(|e| panic!("open {url}: {e}"));
+    let raw = SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect(&url)
+        .await
+        .expect("raw SQLite pool");
+    Harness {
+        store: Arc::new(store),
+        raw: Raw::Sqlite(raw),
+        url,
+        pg_cleanup: None,
+        pg_slots: None,
+        _dir: Some(dir),
+    }
 }
 
 async fn make_pg_store() -> Harness {
-    let base = std::env::var("TOLLGATE_TEST_POSTGRES_URL").unwrap_or_else(|_| DEFAULT_PG_URL.to_owned());
+    let base =
+        std::env::var("TOLLGATE_TEST_POSTGRES_URL").unwrap_or_else(|_| DEFAULT_PG_URL.to_owned());
     let base = base.trim_end_matches('/').to_owned();
     let admin_url = format!("{base}/postgres");
-    let admin = PgPoolOptions::new().max_connections(1).connect(&admin_url).await.unwrap_or_else(|e| {
+    let slot = PG_PARALLEL.acquire().await.expect("semaphore open");
+    let mut admin = PgConnection::connect(&admin_url).await.unwrap_or_else(|e| {
         panic!(
             "PostgreSQL is unreachable at {admin_url}: {e}\n\
              The store conformance suite runs against PostgreSQL too and does not skip it: \
@@ -107,18 +149,25 @@ async fn make_pg_store() -> Harness {
     });
     let name = format!("tg_test_{:016x}", rand::random::<u64>());
     sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&admin)
+        .execute(&mut admin)
         .await
         .unwrap_or_else(|e| panic!("CREATE DATABASE {name}: {e}"));
-    admin.close().await;
+    let _ = admin.close().await;
     let url = format!("{base}/{name}");
-    let store = PgStore::connect(&url).await.unwrap_or_else(|e| panic!("open {url}: {e}"));
-    let raw = PgPoolOptions::new().max_connections(2).connect(&url).await.expect("raw PostgreSQL pool");
+    let store = PgStore::connect(&url)
+        .await
+        .unwrap_or_else(|e| panic!("open {url}: {e}"));
+    let raw = PgPoolOptions::new()
+        .max_connections(2)
+        .connect(&url)
+        .await
+        .expect("raw PostgreSQL pool");
     Harness {
         store: Arc::new(store),
         raw: Raw::Pg(raw),
         url,
         pg_cleanup: Some((admin_url, name)),
+        pg_slots: Some(slot),
         _dir: None,
     }
 }
@@ -129,14 +178,21 @@ async fn make_pg_store() -> Harness {
 /// Creates account `acc-{name}` (`{name}@example.test`) and returns its id.
 async fn account(h: &Harness, name: &str) -> String {
     let id = format!("acc-{name}");
-    h.store.create_account(&id, &format!("{name}@example.test"), "argon2-hash").await.expect("create account");
+    h.store
+        .create_account(&id, &format!("{name}@example.test"), "argon2-hash")
+        .await
+        .expect("create account");
     id
 }
 
 /// Creates an account holding `credits` (one `ADJUSTMENT` top-up) and returns its id.
 async fn funded_account(h: &Harness, name: &str, credits: i64) -> String {
     let id = account(h, name).await;
-    let balance = h.store.write_ledger(topup(&id, credits, &format!("fund:{id}"))).await.expect("fund");
+    let balance = h
+        .store
+        .write_ledger(topup(&id, credits, &format!("fund:{id}")))
+        .await
+        .expect("fund");
     assert_eq!(balance, Credits(credits));
     id
 }
@@ -172,11 +228,19 @@ fn topup(account_id: &str, amount: i64, idempotency_key: &str) -> LedgerWrite {
 }
 
 fn charge(account_id: &str, amount: i64, idempotency_key: &str) -> LedgerWrite {
-    LedgerWrite { direction: Direction::Charge, ..topup(account_id, amount, idempotency_key) }
+    LedgerWrite {
+        direction: Direction::Charge,
+        ..topup(account_id, amount, idempotency_key)
+    }
 }
 
 fn card(id: &str, fingerprint: &str) -> SavedCard {
-    SavedCard { id: id.to_owned(), fingerprint: fingerprint.to_owned(), brand: "visa".into(), last4: "4242".into() }
+    SavedCard {
+        id: id.to_owned(),
+        fingerprint: fingerprint.to_owned(),
+        brand: "visa".into(),
+        last4: "4242".into(),
+    }
 }
 
 /// A hold of `min..=max` for `account_id`, made now on node-a with a 5-minute lease, no key
@@ -227,14 +291,22 @@ async fn settle_ok(h: &Harness, s: Settlement) -> i64 {
 
 /// `(balance, held)` of an account.
 async fn books(h: &Harness, account_id: &str) -> (i64, i64) {
-    let a = h.store.account(account_id).await.expect("read account").expect("account exists");
+    let a = h
+        .store
+        .account(account_id)
+        .await
+        .expect("read account")
+        .expect("account exists");
     (a.balance.0, a.held.0)
 }
 
 /// Number of ledger entries of `kind` on an account.
 async fn entries(h: &Harness, account_id: &str, kind: EntryType) -> i64 {
     h.raw
-        .int(&format!("SELECT COUNT(*) FROM ledger WHERE account_id = '{account_id}' AND type = '{}'", kind.as_str()))
+        .int(&format!(
+            "SELECT COUNT(*) FROM ledger WHERE account_id = '{account_id}' AND type = '{}'",
+            kind.as_str()
+        ))
         .await
 }
 
@@ -256,23 +328,54 @@ async fn set_key_limit(h: &Harness, key_id: &str, retention: Retention, threshol
 // 1. Accounts
 
 async fn accounts_are_created_fetched_and_unique_by_email(h: Harness) {
-    let created = h.store.create_account("acc-ada", "ada@example.test", "argon2-hash").await.unwrap();
+    let created = h
+        .store
+        .create_account("acc-ada", "ada@example.test", "argon2-hash")
+        .await
+        .unwrap();
     assert_eq!(created.id, "acc-ada");
     assert_eq!(created.email, "ada@example.test");
-    assert_eq!((created.balance, created.held), (Credits::ZERO, Credits::ZERO));
+    assert_eq!(
+        (created.balance, created.held),
+        (Credits::ZERO, Credits::ZERO)
+    );
     assert!(!created.has_billing_method && !created.has_paid && !created.suspended);
 
-    assert_eq!(h.store.account("acc-ada").await.unwrap(), Some(created.clone()));
-    assert_eq!(h.store.account_by_email("ada@example.test").await.unwrap(), Some(created.clone()));
+    assert_eq!(
+        h.store.account("acc-ada").await.unwrap(),
+        Some(created.clone())
+    );
+    assert_eq!(
+        h.store.account_by_email("ada@example.test").await.unwrap(),
+        Some(created.clone())
+    );
     assert_eq!(h.store.account("acc-nobody").await.unwrap(), None);
-    assert_eq!(h.store.account_by_email("nobody@example.test").await.unwrap(), None);
+    assert_eq!(
+        h.store
+            .account_by_email("nobody@example.test")
+            .await
+            .unwrap(),
+        None
+    );
 
-    let dup = h.store.create_account("acc-other", "ada@example.test", "x").await;
-    assert!(matches!(dup, Err(StoreError::Conflict("email"))), "duplicate email: {dup:?}");
+    let dup = h
+        .store
+        .create_account("acc-other", "ada@example.test", "x")
+        .await;
+    assert!(
+        matches!(dup, Err(StoreError::Conflict("email"))),
+        "duplicate email: {dup:?}"
+    );
     assert!(h.store.account("acc-other").await.unwrap().is_none());
 
-    let dup_id = h.store.create_account("acc-ada", "someone-else@example.test", "x").await;
-    assert!(matches!(dup_id, Err(StoreError::Conflict(_))), "duplicate id: {dup_id:?}");
+    let dup_id = h
+        .store
+        .create_account("acc-ada", "someone-else@example.test", "x")
+        .await;
+    assert!(
+        matches!(dup_id, Err(StoreError::Conflict(_))),
+        "duplicate id: {dup_id:?}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -290,24 +393,46 @@ async fn keys_are_found_by_hash_and_unique_by_prefix(h: Harness) {
     };
     let created = h.store.create_key(new.clone()).await.unwrap();
     assert_eq!(
-        (created.id.as_str(), created.prefix.as_str(), created.name.as_str(), created.kind),
+        (
+            created.id.as_str(),
+            created.prefix.as_str(),
+            created.name.as_str(),
+            created.kind
+        ),
         ("key-1", "abcd1234", "ci", KeyKind::Management)
     );
     assert!(!created.disabled && created.scopes.is_none() && created.limit.is_none());
 
-    let (found, owner) = h.store.key_by_hash("hash-1").await.unwrap().expect("key by hash");
+    let (found, owner) = h
+        .store
+        .key_by_hash("hash-1")
+        .await
+        .unwrap()
+        .expect("key by hash");
     assert_eq!(found, created);
     assert_eq!(owner.id, acc);
     assert_eq!(owner.email, "ada@example.test");
 
     assert!(h.store.key_by_hash("no-such-hash").await.unwrap().is_none());
 
-    let dup = h.store.create_key(NewKey { id: "key-2".into(), hash: "hash-2".into(), ..new }).await;
-    assert!(matches!(dup, Err(StoreError::Conflict("key prefix"))), "duplicate prefix: {dup:?}");
+    let dup = h
+        .store
+        .create_key(NewKey {
+            id: "key-2".into(),
+            hash: "hash-2".into(),
+            ..new
+        })
+        .await;
+    assert!(
+        matches!(dup, Err(StoreError::Conflict("key prefix"))),
+        "duplicate prefix: {dup:?}"
+    );
     assert!(h.store.key_by_hash("hash-2").await.unwrap().is_none());
 
     // A deleted key is no longer found.
-    h.raw.exec("UPDATE api_keys SET deleted_at = 1 WHERE id = 'key-1'").await;
+    h.raw
+        .exec("UPDATE api_keys SET deleted_at = 1 WHERE id = 'key-1'")
+        .await;
     assert!(h.store.key_by_hash("hash-1").await.unwrap().is_none());
 }
 
@@ -320,31 +445,81 @@ async fn first_card_grants_once_per_account_and_per_fingerprint(h: Harness) {
     let c = account(&h, "c").await;
 
     // First card on an account: the grant, as one BONUS entry.
-    let out = h.store.add_card(&a, card("card-1", "fp-1"), GRANT).await.unwrap();
-    assert_eq!(out, CardOutcome { granted: true, balance: GRANT });
+    let out = h
+        .store
+        .add_card(&a, card("card-1", "fp-1"), GRANT)
+        .await
+        .unwrap();
+    assert_eq!(
+        out,
+        CardOutcome {
+            granted: true,
+            balance: GRANT
+        }
+    );
     let acc = h.store.account(&a).await.unwrap().unwrap();
     assert!(acc.has_billing_method);
     assert_eq!(acc.balance, GRANT);
     assert_eq!(entries(&h, &a, EntryType::Bonus).await, 1);
 
     // Second card, and the first card's fingerprint re-added: nothing more.
-    let out = h.store.add_card(&a, card("card-2", "fp-2"), GRANT).await.unwrap();
-    assert_eq!(out, CardOutcome { granted: false, balance: GRANT });
-    let out = h.store.add_card(&a, card("card-3", "fp-1"), GRANT).await.unwrap();
-    assert_eq!(out, CardOutcome { granted: false, balance: GRANT });
+    let out = h
+        .store
+        .add_card(&a, card("card-2", "fp-2"), GRANT)
+        .await
+        .unwrap();
+    assert_eq!(
+        out,
+        CardOutcome {
+            granted: false,
+            balance: GRANT
+        }
+    );
+    let out = h
+        .store
+        .add_card(&a, card("card-3", "fp-1"), GRANT)
+        .await
+        .unwrap();
+    assert_eq!(
+        out,
+        CardOutcome {
+            granted: false,
+            balance: GRANT
+        }
+    );
     assert_eq!(entries(&h, &a, EntryType::Bonus).await, 1);
 
     // Another account with an already-granted card: a billing method, but no grant.
-    let out = h.store.add_card(&b, card("card-4", "fp-1"), GRANT).await.unwrap();
-    assert_eq!(out, CardOutcome { granted: false, balance: Credits::ZERO });
+    let out = h
+        .store
+        .add_card(&b, card("card-4", "fp-1"), GRANT)
+        .await
+        .unwrap();
+    assert_eq!(
+        out,
+        CardOutcome {
+            granted: false,
+            balance: Credits::ZERO
+        }
+    );
     let acc = h.store.account(&b).await.unwrap().unwrap();
     assert!(acc.has_billing_method);
     assert_eq!(acc.balance, Credits::ZERO);
     assert_eq!(entries(&h, &b, EntryType::Bonus).await, 0);
 
     // A new account with a new card: the grant.
-    let out = h.store.add_card(&c, card("card-5", "fp-3"), GRANT).await.unwrap();
-    assert_eq!(out, CardOutcome { granted: true, balance: GRANT });
+    let out = h
+        .store
+        .add_card(&c, card("card-5", "fp-3"), GRANT)
+        .await
+        .unwrap();
+    assert_eq!(
+        out,
+        CardOutcome {
+            granted: true,
+            balance: GRANT
+        }
+    );
     assert_eq!(entries(&h, &c, EntryType::Bonus).await, 1);
 
     assert_books_clean(&h, Utc::now()).await;
@@ -356,8 +531,14 @@ async fn first_card_grants_once_per_account_and_per_fingerprint(h: Harness) {
 async fn ledger_writes_move_the_balance_once_and_never_below_available(h: Harness) {
     let acc = account(&h, "ada").await;
 
-    let pay = LedgerWrite { kind: EntryType::Payment, ..topup(&acc, 1_000, "pay-1") };
-    assert_eq!(h.store.write_ledger(pay.clone()).await.unwrap(), Credits(1_000));
+    let pay = LedgerWrite {
+        kind: EntryType::Payment,
+        ..topup(&acc, 1_000, "pay-1")
+    };
+    assert_eq!(
+        h.store.write_ledger(pay.clone()).await.unwrap(),
+        Credits(1_000)
+    );
     assert_eq!(books(&h, &acc).await, (1_000, 0));
 
     // The same idempotency key applies once.
@@ -365,21 +546,45 @@ async fn ledger_writes_move_the_balance_once_and_never_below_available(h: Harnes
     assert_eq!(books(&h, &acc).await, (1_000, 0));
     assert_eq!(entries(&h, &acc, EntryType::Payment).await, 1);
 
-    assert_eq!(h.store.write_ledger(charge(&acc, 400, "adj-1")).await.unwrap(), Credits(600));
+    assert_eq!(
+        h.store
+            .write_ledger(charge(&acc, 400, "adj-1"))
+            .await
+            .unwrap(),
+        Credits(600)
+    );
 
     // Beyond the balance: refused, nothing written.
     let over = h.store.write_ledger(charge(&acc, 601, "adj-2")).await;
-    assert!(matches!(over, Err(StoreError::Insufficient)), "charge beyond balance: {over:?}");
+    assert!(
+        matches!(over, Err(StoreError::Insufficient)),
+        "charge beyond balance: {over:?}"
+    );
     assert_eq!(books(&h, &acc).await, (600, 0));
 
     // Holds count: with 500 held only 100 is available.
     assert_eq!(hold_ok(&h, hold_req("inf-1", &acc, 500, 500)).await, 500);
     let over = h.store.write_ledger(charge(&acc, 101, "adj-3")).await;
-    assert!(matches!(over, Err(StoreError::Insufficient)), "charge beyond available: {over:?}");
-    assert_eq!(h.store.write_ledger(charge(&acc, 100, "adj-4")).await.unwrap(), Credits(500));
+    assert!(
+        matches!(over, Err(StoreError::Insufficient)),
+        "charge beyond available: {over:?}"
+    );
+    assert_eq!(
+        h.store
+            .write_ledger(charge(&acc, 100, "adj-4"))
+            .await
+            .unwrap(),
+        Credits(500)
+    );
 
     // A retried charge reports success without applying again, even now that it would not fit.
-    assert_eq!(h.store.write_ledger(charge(&acc, 400, "adj-1")).await.unwrap(), Credits(500));
+    assert_eq!(
+        h.store
+            .write_ledger(charge(&acc, 400, "adj-1"))
+            .await
+            .unwrap(),
+        Credits(500)
+    );
     assert_eq!(books(&h, &acc).await, (500, 500));
     assert_eq!(entries(&h, &acc, EntryType::Adjustment).await, 2);
 
@@ -395,14 +600,29 @@ async fn ledger_writes_move_the_balance_once_and_never_below_available(h: Harnes
 async fn hold_reserves_up_to_max_and_settle_charges_once(h: Harness) {
     let acc = funded_account(&h, "ada", 10_000).await;
 
-    assert_eq!(hold_ok(&h, hold_req("inf-1", &acc, 100, 3_000)).await, 3_000);
+    assert_eq!(
+        hold_ok(&h, hold_req("inf-1", &acc, 100, 3_000)).await,
+        3_000
+    );
     assert_eq!(books(&h, &acc).await, (10_000, 3_000));
 
-    assert_eq!(h.store.settle(settlement("inf-1", &acc, 1_234)).await.unwrap(), Settled::Charged(Credits(1_234)));
+    assert_eq!(
+        h.store
+            .settle(settlement("inf-1", &acc, 1_234))
+            .await
+            .unwrap(),
+        Settled::Charged(Credits(1_234))
+    );
     assert_eq!(books(&h, &acc).await, (8_766, 0));
 
     // Idempotent: a retry charges nothing more.
-    assert_eq!(h.store.settle(settlement("inf-1", &acc, 1_234)).await.unwrap(), Settled::AlreadySettled);
+    assert_eq!(
+        h.store
+            .settle(settlement("inf-1", &acc, 1_234))
+            .await
+            .unwrap(),
+        Settled::AlreadySettled
+    );
     assert_eq!(books(&h, &acc).await, (8_766, 0));
 
     let usage = h
@@ -422,7 +642,13 @@ async fn hold_is_capped_by_available_credits(h: Harness) {
     // Cannot cover the minimum: refused, nothing reserved.
     let err = h.store.hold(hold_req("inf-0", &acc, 1_001, 2_000)).await;
     assert!(
-        matches!(err, Err(HoldError::Credits { available: Credits(1_000), needed: Credits(1_001) })),
+        matches!(
+            err,
+            Err(HoldError::Credits {
+                available: Credits(1_000),
+                needed: Credits(1_001)
+            })
+        ),
         "min beyond available: {err:?}"
     );
     assert_eq!(books(&h, &acc).await, (1_000, 0));
@@ -434,7 +660,13 @@ async fn hold_is_capped_by_available_credits(h: Harness) {
 
     let err = h.store.hold(hold_req("inf-3", &acc, 1, 10)).await;
     assert!(
-        matches!(err, Err(HoldError::Credits { available: Credits(0), needed: Credits(1) })),
+        matches!(
+            err,
+            Err(HoldError::Credits {
+                available: Credits(0),
+                needed: Credits(1)
+            })
+        ),
         "nothing left: {err:?}"
     );
     assert_eq!(books(&h, &acc).await, (1_000, 1_000));
@@ -445,12 +677,18 @@ async fn settle_never_takes_the_balance_below_zero(h: Harness) {
     let acc = funded_account(&h, "ada", 10_000).await;
 
     // A charge above the hold is taken while the account can pay it.
-    assert_eq!(hold_ok(&h, hold_req("inf-0", &acc, 100, 1_000)).await, 1_000);
+    assert_eq!(
+        hold_ok(&h, hold_req("inf-0", &acc, 100, 1_000)).await,
+        1_000
+    );
     assert_eq!(settle_ok(&h, settlement("inf-0", &acc, 1_500)).await, 1_500);
     assert_eq!(books(&h, &acc).await, (8_500, 0));
 
     // Take the balance down to 1_000, then hold all of it in two holds.
-    h.store.write_ledger(charge(&acc, 7_500, "adj-1")).await.unwrap();
+    h.store
+        .write_ledger(charge(&acc, 7_500, "adj-1"))
+        .await
+        .unwrap();
     assert_eq!(hold_ok(&h, hold_req("inf-1", &acc, 100, 600)).await, 600);
     assert_eq!(hold_ok(&h, hold_req("inf-2", &acc, 100, 600)).await, 400);
 
@@ -466,14 +704,23 @@ async fn settle_never_takes_the_balance_below_zero(h: Harness) {
 
 async fn settle_of_an_unknown_hold_is_gone(h: Harness) {
     let acc = funded_account(&h, "ada", 10_000).await;
-    assert_eq!(h.store.settle(settlement("inf-missing", &acc, 500)).await.unwrap(), Settled::HoldGone);
+    assert_eq!(
+        h.store
+            .settle(settlement("inf-missing", &acc, 500))
+            .await
+            .unwrap(),
+        Settled::HoldGone
+    );
     assert_eq!(books(&h, &acc).await, (10_000, 0));
     assert_eq!(entries(&h, &acc, EntryType::ModelUsage).await, 0);
 }
 
 async fn settle_without_charge_releases_the_hold_and_writes_nothing(h: Harness) {
     let acc = funded_account(&h, "ada", 10_000).await;
-    assert_eq!(hold_ok(&h, hold_req("inf-1", &acc, 100, 2_000)).await, 2_000);
+    assert_eq!(
+        hold_ok(&h, hold_req("inf-1", &acc, 100, 2_000)).await,
+        2_000
+    );
     assert_eq!(settle_ok(&h, settlement("inf-1", &acc, 0)).await, 0);
     assert_eq!(books(&h, &acc).await, (10_000, 0));
     assert_eq!(entries(&h, &acc, EntryType::ModelUsage).await, 0);
@@ -483,7 +730,7 @@ async fn settle_without_charge_releases_the_hold_and_writes_nothing(h: Harness) 
 // ---------------------------------------------------------------------------------------------
 // 6. Concurrency: the sum of holds and charges never exceeds the balance
 
-async fn concurrent_holds_never_overspend(h: Harness) {
+async fn concurrent_holds_never_overspend(mut h: Harness) {
     const START: i64 = 10_000;
     const TASKS: usize = 50;
     let acc = funded_account(&h, "ada", START).await;
@@ -496,10 +743,17 @@ async fn concurrent_holds_never_overspend(h: Harness) {
         let acc = acc.clone();
         tasks.push(tokio::spawn(async move {
             let id = format!("inf-{i}");
-            let req = HoldRequest { node_id: format!("node-{}", i % 2), ..hold_req(&id, &acc, 300, 1_000) };
+            let req = HoldRequest {
+                node_id: format!("node-{}", i % 2),
+                ..hold_req(&id, &acc, 300, 1_000)
+            };
             match store.hold(req).await {
                 Ok(hold) => {
-                    assert!((300..=1_000).contains(&hold.amount.0), "hold {id} reserved {:?}", hold.amount);
+                    assert!(
+                        (300..=1_000).contains(&hold.amount.0),
+                        "hold {id} reserved {:?}",
+                        hold.amount
+                    );
                     match store.settle(settlement(&id, &acc, 700)).await {
                         Ok(Settled::Charged(c)) => c.0,
                         other => panic!("settle {id}: {other:?}"),
@@ -518,14 +772,86 @@ async fn concurrent_holds_never_overspend(h: Harness) {
     let paid = charged.iter().filter(|&&c| c > 0).count();
 
     assert!(paid >= 1, "no request was served");
-    assert!(charged.iter().all(|&c| c == 0 || (300..=700).contains(&c)), "charges: {charged:?}");
+    assert!(
+        charged.iter().all(|&c| c == 0 || (300..=700).contains(&c)),
+        "charges: {charged:?}"
+    );
     assert!(total <= START, "charged {total} out of {START}");
     let (balance, held) = books(&h, &acc).await;
     assert!(balance >= 0, "balance went negative: {balance}");
     assert_eq!(balance, START - total);
     assert_eq!(held, 0);
-    assert_eq!(entries(&h, &acc, EntryType::ModelUsage).await, i64::try_from(paid).unwrap());
+    assert_eq!(
+        entries(&h, &acc, EntryType::ModelUsage).await,
+        i64::try_from(paid).unwrap()
+    );
     assert_eq!(h.raw.int("SELECT COUNT(*) FROM holds").await, 0);
+    assert_books_clean(&h, Utc::now()).await;
+}
+
+/// All holds race at once, then all settlements race at once, across two nodes: the holds
+/// reserve exactly the balance and no more, and charges above the holds are clamped so that
+/// together they take exactly the balance.
+async fn simultaneous_holds_then_settlements_stay_within_the_balance(mut h: Harness) {
+    const START: i64 = 10_000;
+    const TASKS: usize = 50;
+    let acc = funded_account(&h, "ada", START).await;
+    let nodes = [h.store.clone(), h.another_node().await];
+    // Every task has tried its hold; then the test has inspected the reservations.
+    let all_held = Arc::new(tokio::sync::Barrier::new(TASKS + 1));
+    let go_settle = Arc::new(tokio::sync::Barrier::new(TASKS + 1));
+
+    let mut tasks = Vec::new();
+    for i in 0..TASKS {
+        let (store, acc) = (nodes[i % 2].clone(), acc.clone());
+        let (all_held, go_settle) = (all_held.clone(), go_settle.clone());
+        tasks.push(tokio::spawn(async move {
+            let id = format!("inf-{i}");
+            let req = HoldRequest {
+                node_id: format!("node-{}", i % 2),
+                ..hold_req(&id, &acc, 300, 1_000)
+            };
+            // Reach the gates whatever happens, so one failure cannot hang the others.
+            let held = store.hold(req).await;
+            all_held.wait().await;
+            go_settle.wait().await;
+            match held {
+                Ok(hold) => match store.settle(settlement(&id, &acc, 1_500)).await {
+                    Ok(Settled::Charged(c)) => (hold.amount.0, c.0),
+                    other => panic!("settle {id}: {other:?}"),
+                },
+                Err(HoldError::Credits { .. }) => (0, 0),
+                Err(e) => panic!("hold {id}: unexpected {e:?}"),
+            }
+        }));
+    }
+    let gate = StdDuration::from_secs(60);
+    tokio::time::timeout(gate, all_held.wait())
+        .await
+        .expect("holds did not finish");
+    let (balance, held) = books(&h, &acc).await;
+    let holds_sum = h
+        .raw
+        .int("SELECT CAST(COALESCE(SUM(amount), 0) AS BIGINT) FROM holds")
+        .await;
+    let holds = h.raw.int("SELECT COUNT(*) FROM holds").await;
+    tokio::time::timeout(gate, go_settle.wait())
+        .await
+        .expect("tasks did not reach settlement");
+
+    let mut results = Vec::new();
+    for t in tasks {
+        results.push(t.await.expect("task panicked"));
+    }
+    // Ten holds of 1_000 fit exactly; the other forty find nothing left.
+    assert_eq!((balance, held, holds_sum, holds), (START, START, START, 10));
+    let reserved: Vec<i64> = results.iter().map(|r| r.0).filter(|&a| a > 0).collect();
+    assert_eq!(reserved, vec![1_000; 10]);
+    // Each asked for 1_500 and got its own 1_000: the others' holds were never touched.
+    let charged: Vec<i64> = results.iter().map(|r| r.1).filter(|&c| c > 0).collect();
+    assert_eq!(charged, vec![1_000; 10]);
+    assert_eq!(books(&h, &acc).await, (0, 0));
+    assert_eq!(entries(&h, &acc, EntryType::ModelUsage).await, 10);
     assert_books_clean(&h, Utc::now()).await;
 }
 
@@ -535,7 +861,10 @@ async fn concurrent_holds_never_overspend(h: Harness) {
 async fn free_tier_limits_in_flight_and_hourly_requests(h: Harness) {
     let acc = account(&h, "free").await;
     let t0 = Utc::now();
-    let free = FreeTierCheck { hourly_limit: 3, max_in_flight: 1 };
+    let free = FreeTierCheck {
+        hourly_limit: 3,
+        max_in_flight: 1,
+    };
     let at = |id: &str, now: DateTime<Utc>| HoldRequest {
         now,
         lease_until: now + Duration::minutes(5),
@@ -545,12 +874,18 @@ async fn free_tier_limits_in_flight_and_hourly_requests(h: Harness) {
 
     assert_eq!(hold_ok(&h, at("f-1", t0)).await, 0);
     let err = h.store.hold(at("f-2", t0 + Duration::seconds(1))).await;
-    assert!(matches!(err, Err(HoldError::FreeInFlight)), "second request in flight: {err:?}");
+    assert!(
+        matches!(err, Err(HoldError::FreeInFlight)),
+        "second request in flight: {err:?}"
+    );
     settle_ok(&h, settlement("f-1", &acc, 0)).await;
 
     // The refused request was not counted: two more fit in the hour.
     for (id, minutes) in [("f-2", 10), ("f-3", 20)] {
-        assert_eq!(hold_ok(&h, at(id, t0 + Duration::minutes(minutes))).await, 0);
+        assert_eq!(
+            hold_ok(&h, at(id, t0 + Duration::minutes(minutes))).await,
+            0
+        );
         settle_ok(&h, settlement(id, &acc, 0)).await;
     }
     let err = h.store.hold(at("f-4", t0 + Duration::minutes(30))).await;
@@ -564,7 +899,14 @@ async fn free_tier_limits_in_flight_and_hourly_requests(h: Harness) {
     }
 
     // The window rolls: once t0 is over an hour old, one more fits.
-    assert_eq!(hold_ok(&h, at("f-5", t0 + Duration::minutes(60) + Duration::seconds(1))).await, 0);
+    assert_eq!(
+        hold_ok(
+            &h,
+            at("f-5", t0 + Duration::minutes(60) + Duration::seconds(1))
+        )
+        .await,
+        0
+    );
     assert_eq!(books(&h, &acc).await, (0, 0));
 }
 
@@ -577,7 +919,10 @@ async fn key_limit_caps_holds_within_its_period(h: Harness) {
     set_key_limit(&h, &key_id, Retention::Day, 1_000).await;
 
     let (key, _) = h.store.key_by_hash("hash-ada").await.unwrap().unwrap();
-    let limit = SpendLimit { retention: Retention::Day, threshold: Credits(1_000) };
+    let limit = SpendLimit {
+        retention: Retention::Day,
+        threshold: Credits(1_000),
+    };
     assert_eq!(key.limit, Some(limit));
 
     let today = Retention::Day.period_start(Utc::now());
@@ -599,17 +944,29 @@ async fn key_limit_caps_holds_within_its_period(h: Harness) {
     assert_eq!(hold_ok(&h, limited("inf-2", 100, 3_000, today)).await, 400);
     // A live hold counts against the limit too.
     let err = h.store.hold(limited("inf-3", 1, 100, today)).await;
-    assert!(matches!(err, Err(HoldError::KeyLimit)), "limit held: {err:?}");
+    assert!(
+        matches!(err, Err(HoldError::KeyLimit)),
+        "limit held: {err:?}"
+    );
     assert_eq!(settle_ok(&h, settle_in("inf-2", 400, today)).await, 400);
 
     let err = h.store.hold(limited("inf-4", 1, 3_000, today)).await;
-    assert!(matches!(err, Err(HoldError::KeyLimit)), "limit spent: {err:?}");
+    assert!(
+        matches!(err, Err(HoldError::KeyLimit)),
+        "limit spent: {err:?}"
+    );
     assert_eq!(books(&h, &acc).await, (9_000, 0));
 
     // A new period starts afresh.
-    assert_eq!(hold_ok(&h, limited("inf-5", 100, 3_000, tomorrow)).await, 1_000);
+    assert_eq!(
+        hold_ok(&h, limited("inf-5", 100, 3_000, tomorrow)).await,
+        1_000
+    );
     assert_eq!(settle_ok(&h, settle_in("inf-5", 250, tomorrow)).await, 250);
-    assert_eq!(hold_ok(&h, limited("inf-6", 100, 3_000, tomorrow)).await, 750);
+    assert_eq!(
+        hold_ok(&h, limited("inf-6", 100, 3_000, tomorrow)).await,
+        750
+    );
     assert_eq!(books(&h, &acc).await, (8_750, 750));
     assert_books_clean(&h, Utc::now()).await;
 }
@@ -626,24 +983,57 @@ async fn expired_leases_and_restarted_nodes_release_holds_without_charging(h: Ha
         lease_until,
         ..hold_req(id, &acc, 1, max)
     };
-    hold_ok(&h, leased("expired-a", "node-a", 1_000, now - Duration::minutes(1))).await;
-    hold_ok(&h, leased("expired-b", "node-b", 2_000, now - Duration::milliseconds(1))).await;
+    hold_ok(
+        &h,
+        leased("expired-a", "node-a", 1_000, now - Duration::minutes(1)),
+    )
+    .await;
+    hold_ok(
+        &h,
+        leased(
+            "expired-b",
+            "node-b",
+            2_000,
+            now - Duration::milliseconds(1),
+        ),
+    )
+    .await;
     hold_ok(&h, leased("edge", "node-b", 300, now)).await;
-    hold_ok(&h, leased("live-a", "node-a", 500, now + Duration::minutes(5))).await;
-    hold_ok(&h, leased("live-b", "node-b", 700, now + Duration::minutes(5))).await;
+    hold_ok(
+        &h,
+        leased("live-a", "node-a", 500, now + Duration::minutes(5)),
+    )
+    .await;
+    hold_ok(
+        &h,
+        leased("live-b", "node-b", 700, now + Duration::minutes(5)),
+    )
+    .await;
     assert_eq!(books(&h, &acc).await, (10_000, 4_500));
 
     // Only leases that ended before `now` (a lease ending exactly now is still live).
     assert_eq!(h.store.release_expired_holds(now).await.unwrap(), 2);
     assert_eq!(books(&h, &acc).await, (10_000, 1_500));
     assert_books_clean(&h, now).await;
-    assert_eq!(h.store.settle(settlement("expired-a", &acc, 900)).await.unwrap(), Settled::HoldGone);
+    assert_eq!(
+        h.store
+            .settle(settlement("expired-a", &acc, 900))
+            .await
+            .unwrap(),
+        Settled::HoldGone
+    );
 
     // A restarting node-a releases its own holds, and only those.
     assert_eq!(h.store.release_node_holds("node-a").await.unwrap(), 1);
     assert_eq!(books(&h, &acc).await, (10_000, 1_000));
     assert_books_clean(&h, now).await;
-    assert_eq!(h.store.settle(settlement("live-a", &acc, 400)).await.unwrap(), Settled::HoldGone);
+    assert_eq!(
+        h.store
+            .settle(settlement("live-a", &acc, 400))
+            .await
+            .unwrap(),
+        Settled::HoldGone
+    );
     assert_eq!(h.store.release_node_holds("node-a").await.unwrap(), 0);
 
     // Nothing was charged; node-b's holds still settle normally.
@@ -658,7 +1048,10 @@ async fn released_holds_give_back_the_key_limit(h: Harness) {
     let acc = funded_account(&h, "ada", 10_000).await;
     let key_id = key(&h, &acc, "ada").await;
     set_key_limit(&h, &key_id, Retention::NoReset, 1_000).await;
-    let limit = SpendLimit { retention: Retention::NoReset, threshold: Credits(1_000) };
+    let limit = SpendLimit {
+        retention: Retention::NoReset,
+        threshold: Credits(1_000),
+    };
     let now = Utc::now();
     let limited = |id: &str, node: &str, lease_until: DateTime<Utc>| HoldRequest {
         key_id: key_id.clone(),
@@ -668,17 +1061,103 @@ async fn released_holds_give_back_the_key_limit(h: Harness) {
         ..hold_req(id, &acc, 1, 1_000)
     };
 
-    assert_eq!(hold_ok(&h, limited("inf-1", "node-a", now - Duration::seconds(1))).await, 1_000);
-    assert!(matches!(h.store.hold(limited("inf-2", "node-a", now)).await, Err(HoldError::KeyLimit)));
+    assert_eq!(
+        hold_ok(&h, limited("inf-1", "node-a", now - Duration::seconds(1))).await,
+        1_000
+    );
+    assert!(matches!(
+        h.store.hold(limited("inf-2", "node-a", now)).await,
+        Err(HoldError::KeyLimit)
+    ));
     assert_eq!(h.store.release_expired_holds(now).await.unwrap(), 1);
 
-    assert_eq!(hold_ok(&h, limited("inf-3", "node-c", now + Duration::minutes(5))).await, 1_000);
-    assert!(matches!(h.store.hold(limited("inf-4", "node-a", now)).await, Err(HoldError::KeyLimit)));
+    assert_eq!(
+        hold_ok(&h, limited("inf-3", "node-c", now + Duration::minutes(5))).await,
+        1_000
+    );
+    assert!(matches!(
+        h.store.hold(limited("inf-4", "node-a", now)).await,
+        Err(HoldError::KeyLimit)
+    ));
     assert_eq!(h.store.release_node_holds("node-c").await.unwrap(), 1);
 
-    assert_eq!(hold_ok(&h, limited("inf-5", "node-a", now + Duration::minutes(5))).await, 1_000);
+    assert_eq!(
+        hold_ok(&h, limited("inf-5", "node-a", now + Duration::minutes(5))).await,
+        1_000
+    );
     assert_eq!(books(&h, &acc).await, (10_000, 1_000));
     assert_books_clean(&h, now).await;
+}
+
+/// The lease sweeper and late settlements race for the same expired holds, from two nodes:
+/// every call succeeds, each hold is either charged or released (never both), and the account
+/// and key reservations come back to exactly zero.
+async fn lease_sweeper_racing_settlements_keeps_the_books(mut h: Harness) {
+    const START: i64 = 1_000_000;
+    let acc = funded_account(&h, "ada", START).await;
+    let key_id = key(&h, &acc, "ada").await;
+    set_key_limit(&h, &key_id, Retention::NoReset, START).await;
+    let limit = SpendLimit {
+        retention: Retention::NoReset,
+        threshold: Credits(START),
+    };
+    let nodes = [h.store.clone(), h.another_node().await];
+
+    let mut charged = 0;
+    for round in 0..10 {
+        let now = Utc::now();
+        for i in 0..20 {
+            let req = HoldRequest {
+                key_id: key_id.clone(),
+                now: now - Duration::minutes(10),
+                lease_until: now - Duration::seconds(1),
+                key_limit: Some((limit, DateTime::<Utc>::UNIX_EPOCH)),
+                ..hold_req(&format!("r{round}-{i}"), &acc, 1, 100)
+            };
+            assert_eq!(hold_ok(&h, req).await, 100);
+        }
+        let mut settles = Vec::new();
+        let mut sweeps = Vec::new();
+        for i in 0..20 {
+            let (store, acc) = (nodes[i % 2].clone(), acc.clone());
+            let s = Settlement {
+                key_period_start: Some(DateTime::<Utc>::UNIX_EPOCH),
+                ..settlement(&format!("r{round}-{i}"), &acc, 50)
+            };
+            settles.push(tokio::spawn(async move { store.settle(s).await }));
+            if i % 4 == 0 {
+                let store = nodes[(i / 4) % 2].clone();
+                sweeps.push(tokio::spawn(async move {
+                    store.release_expired_holds(now).await
+                }));
+            }
+        }
+        for t in settles {
+            match t.await.expect("settle task") {
+                Ok(Settled::Charged(c)) => {
+                    assert_eq!(c, Credits(50));
+                    charged += 50;
+                }
+                Ok(Settled::HoldGone) => {}
+                other => panic!("round {round}: settle racing the sweeper: {other:?}"),
+            }
+        }
+        for t in sweeps {
+            let swept = t.await.expect("sweep task");
+            assert!(
+                swept.is_ok(),
+                "round {round}: sweep racing settlements: {swept:?}"
+            );
+        }
+        assert_eq!(books(&h, &acc).await, (START - charged, 0), "round {round}");
+        assert_books_clean(&h, now).await;
+    }
+    let key_held = h
+        .raw
+        .int(&format!("SELECT held FROM api_keys WHERE id = '{key_id}'"))
+        .await;
+    assert_eq!(key_held, 0);
+    assert_eq!(entries(&h, &acc, EntryType::ModelUsage).await, charged / 50);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -689,26 +1168,53 @@ async fn ledger_check_detects_a_tampered_balance(h: Harness) {
     let _other = funded_account(&h, "bob", 500).await;
     assert_books_clean(&h, Utc::now()).await;
 
-    assert_eq!(h.raw.exec(&format!("UPDATE accounts SET balance = balance + 1 WHERE id = '{acc}'")).await, 1);
+    assert_eq!(
+        h.raw
+            .exec(&format!(
+                "UPDATE accounts SET balance = balance + 1 WHERE id = '{acc}'"
+            ))
+            .await,
+        1
+    );
     let bad = h.store.ledger_check(Utc::now()).await.unwrap();
     assert_eq!(bad.len(), 1, "{bad:#?}");
     let d = &bad[0];
-    assert_eq!((d.account_id.as_str(), d.email.as_str()), (acc.as_str(), "ada@example.test"));
+    assert_eq!(
+        (d.account_id.as_str(), d.email.as_str()),
+        (acc.as_str(), "ada@example.test")
+    );
     assert_eq!((d.balance, d.ledger_sum), (Credits(1_001), Credits(1_000)));
-    assert_eq!((d.held, d.holds_sum, d.expired_holds), (Credits::ZERO, Credits::ZERO, 0));
+    assert_eq!(
+        (d.held, d.holds_sum, d.expired_holds),
+        (Credits::ZERO, Credits::ZERO, 0)
+    );
 
     // Restored balance, but a `held` that no hold explains.
-    h.raw.exec(&format!("UPDATE accounts SET balance = balance - 1, held = held + 5 WHERE id = '{acc}'")).await;
+    h.raw
+        .exec(&format!(
+            "UPDATE accounts SET balance = balance - 1, held = held + 5 WHERE id = '{acc}'"
+        ))
+        .await;
     let bad = h.store.ledger_check(Utc::now()).await.unwrap();
     assert_eq!(bad.len(), 1, "{bad:#?}");
-    assert_eq!((bad[0].balance, bad[0].ledger_sum), (Credits(1_000), Credits(1_000)));
+    assert_eq!(
+        (bad[0].balance, bad[0].ledger_sum),
+        (Credits(1_000), Credits(1_000))
+    );
     assert_eq!((bad[0].held, bad[0].holds_sum), (Credits(5), Credits::ZERO));
 }
 
 async fn ledger_check_detects_an_expired_hold(h: Harness) {
     let acc = funded_account(&h, "ada", 1_000).await;
     let now = Utc::now();
-    hold_ok(&h, HoldRequest { lease_until: now + Duration::minutes(1), ..hold_req("inf-1", &acc, 1, 300) }).await;
+    hold_ok(
+        &h,
+        HoldRequest {
+            lease_until: now + Duration::minutes(1),
+            ..hold_req("inf-1", &acc, 1, 300)
+        },
+    )
+    .await;
     assert_books_clean(&h, now).await;
 
     let later = now + Duration::minutes(2);
@@ -717,7 +1223,10 @@ async fn ledger_check_detects_an_expired_hold(h: Harness) {
     let d = &bad[0];
     assert_eq!(d.account_id, acc);
     assert_eq!((d.balance, d.ledger_sum), (Credits(1_000), Credits(1_000)));
-    assert_eq!((d.held, d.holds_sum, d.expired_holds), (Credits(300), Credits(300), 1));
+    assert_eq!(
+        (d.held, d.holds_sum, d.expired_holds),
+        (Credits(300), Credits(300), 1)
+    );
 
     assert_eq!(h.store.release_expired_holds(later).await.unwrap(), 1);
     assert_books_clean(&h, later).await;
@@ -739,11 +1248,16 @@ macro_rules! conformance {
             conformance!(@case $make, settle_never_takes_the_balance_below_zero);
             conformance!(@case $make, settle_of_an_unknown_hold_is_gone);
             conformance!(@case $make, settle_without_charge_releases_the_hold_and_writes_nothing);
-            conformance!(@case $make, concurrent_holds_never_overspend, flavor = "multi_thread", worker_threads = 4);
+            conformance!(@case $make, concurrent_holds_never_overspend,
+                flavor = "multi_thread", worker_threads = 4);
+            conformance!(@case $make, simultaneous_holds_then_settlements_stay_within_the_balance,
+                flavor = "multi_thread", worker_threads = 4);
             conformance!(@case $make, free_tier_limits_in_flight_and_hourly_requests);
             conformance!(@case $make, key_limit_caps_holds_within_its_period);
             conformance!(@case $make, expired_leases_and_restarted_nodes_release_holds_without_charging);
             conformance!(@case $make, released_holds_give_back_the_key_limit);
+            conformance!(@case $make, lease_sweeper_racing_settlements_keeps_the_books,
+                flavor = "multi_thread", worker_threads = 4);
             conformance!(@case $make, ledger_check_detects_a_tampered_balance);
             conformance!(@case $make, ledger_check_detects_an_expired_hold);
         }

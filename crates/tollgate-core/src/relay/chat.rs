@@ -2,7 +2,7 @@
 
 use super::routes::{self, Upstream};
 use super::stream::sse_reply;
-use super::ticket::{Bill, Outcome, Ticket};
+use super::ticket::{self, Bill, Outcome, Ticket};
 use super::{Relay, RequestMeta};
 use crate::error::Error;
 use crate::ids;
@@ -47,9 +47,9 @@ impl Relay {
         let inference_id = ids::inference_id();
         let now = Utc::now();
         let key_limit = who.key.limit.map(|l| (l, l.retention.period_start(now)));
-        let hold = inner
-            .store
-            .hold(HoldRequest {
+        let hold = ticket::place_hold(
+            inner,
+            HoldRequest {
                 id: inference_id.clone(),
                 account_id: who.account.id.clone(),
                 key_id: who.key.id.clone(),
@@ -60,9 +60,11 @@ impl Relay {
                 max: admission.max,
                 key_limit,
                 free_tier: admission.free_tier,
-            })
-            .await
-            .map_err(|e| hold_error(e, settings, key_limit.map(|(l, _)| l.retention.as_str())))?;
+            },
+            admission.model.id.clone(),
+        )
+        .await
+        .map_err(|e| hold_error(e, settings, key_limit.map(|(l, _)| l.retention.as_str())))?;
         let output = admission.output_for(hold.amount);
         let mut ticket = Ticket::new(
             inner.clone(),

@@ -8,7 +8,7 @@ use super::Inner;
 use crate::catalog::PriceList;
 use crate::error::Error;
 use crate::money::Credits;
-use crate::store::{Settled, Settlement};
+use crate::store::{Hold, HoldError, HoldRequest, Settled, Settlement, StoreError};
 use crate::usage::{UsageRecord, UsageStatus};
 use chrono::{DateTime, Utc};
 use std::sync::atomic::Ordering;
@@ -16,6 +16,34 @@ use std::sync::Arc;
 use std::time::Instant;
 use tollgate_protocol::openai::Usage;
 use tollgate_protocol::tokens;
+
+/// Places a hold in its own task. If the request is cancelled while the hold is being
+/// placed (the client went away), the task releases the hold as soon as it exists.
+pub(crate) async fn place_hold(
+    inner: &Arc<Inner>,
+    req: HoldRequest,
+    model: String,
+) -> Result<Hold, HoldError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let task_inner = inner.clone();
+    inner.tasks.spawn(async move {
+        let release = Settlement {
+            hold_id: req.id.clone(),
+            account_id: req.account_id.clone(),
+            charge: Credits::ZERO,
+            model,
+            key_period_start: req.key_limit.map(|(_, start)| start),
+        };
+        let result = task_inner.store.hold(req).await;
+        if let Err(Ok(_)) = tx.send(result) {
+            if let Err(e) = task_inner.store.settle(release).await {
+                tracing::error!(error = %e, "releasing the hold of a cancelled request failed; it lapses with its lease");
+            }
+        }
+    });
+    rx.await
+        .map_err(|_| HoldError::Store(StoreError::Database("the hold task ended early".into())))?
+}
 
 /// Everything settlement needs, captured when the hold was made.
 #[derive(Debug, Clone)]

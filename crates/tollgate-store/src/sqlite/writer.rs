@@ -1,0 +1,117 @@
+//! The single SQLite writer: one thread owns the write connection and runs queued jobs in
+//! group-committed transactions, each job inside its own savepoint.
+//!
+//! A job's result reaches its caller only after the transaction that contains it committed,
+//! so a caller never sees a write that could still roll back. Under load many holds and
+//! settlements share one commit; alone, a job commits by itself at once.
+
+use rusqlite::Connection;
+use std::sync::mpsc;
+use tokio::sync::oneshot;
+use tollgate_core::store::StoreError;
+
+/// Most jobs in one transaction.
+const MAX_BATCH: usize = 256;
+
+/// Called after the commit with its outcome; sends the job's result to its caller.
+type Completion = Box<dyn FnOnce(Option<&str>) + Send>;
+/// Runs inside the open transaction (or learns that none could be opened).
+type Job = Box<dyn FnOnce(Result<&Connection, &str>) -> Completion + Send>;
+
+#[derive(Clone)]
+pub(crate) struct Writer {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl Writer {
+    /// Starts the writer thread; it ends when the last `Writer` is dropped.
+    pub fn start(conn: Connection) -> Self {
+        let (tx, rx) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("tollgate-sqlite-writer".into())
+            .spawn(move || run(conn, rx))
+            .expect("the SQLite writer thread starts");
+        Self { jobs: tx }
+    }
+
+    /// Runs `f` in a write transaction and returns its result once committed. An `Err` from
+    /// `f` rolls back only `f`'s own writes.
+    pub async fn write<T, E, F>(&self, f: F) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, E> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel::<Result<T, E>>();
+        let job: Job = Box::new(move |conn| {
+            let outcome = match conn {
+                Ok(conn) => in_savepoint(conn, f),
+                Err(e) => Err(StoreError::Database(e.to_owned()).into()),
+            };
+            Box::new(move |commit_error: Option<&str>| {
+                let result = match (commit_error, outcome) {
+                    (Some(e), Ok(_)) => {
+                        Err(StoreError::Database(format!("commit failed: {e}")).into())
+                    }
+                    (_, outcome) => outcome,
+                };
+                let _ = tx.send(result);
+            })
+        });
+        self.jobs
+            .send(job)
+            .map_err(|_| StoreError::Database("the SQLite writer has stopped".into()))?;
+        rx.await
+            .map_err(|_| StoreError::Database("the SQLite writer dropped a job".into()))?
+    }
+}
+
+fn in_savepoint<T, E, F>(conn: &Connection, f: F) -> Result<T, E>
+where
+    E: From<StoreError>,
+    F: FnOnce(&Connection) -> Result<T, E>,
+{
+    let sql = |s: &str| conn.execute_batch(s).map_err(|e| E::from(super::db(e)));
+    sql("SAVEPOINT job")?;
+    match f(conn) {
+        Ok(v) => {
+            sql("RELEASE job")?;
+            Ok(v)
+        }
+        Err(e) => {
+            sql("ROLLBACK TO job")?;
+            sql("RELEASE job")?;
+            Err(e)
+        }
+    }
+}
+
+fn run(conn: Connection, rx: mpsc::Receiver<Job>) {
+    while let Ok(first) = rx.recv() {
+        let mut jobs = vec![first];
+        while jobs.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+            let msg = e.to_string();
+            tracing::error!(error = %msg, "SQLite write transaction could not begin");
+            for job in jobs {
+                job(Err(&msg))(Some(&msg));
+            }
+            continue;
+        }
+        let completions: Vec<Completion> = jobs.into_iter().map(|job| job(Ok(&conn))).collect();
+        let committed = conn.execute_batch("COMMIT").map_err(|e| e.to_string());
+        if let Err(e) = &committed {
+            tracing::error!(error = %e, "SQLite commit failed; rolling back");
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        let error = committed.err();
+        for done in completions {
+            done(error.as_deref());
+        }
+    }
+}
