@@ -24,6 +24,8 @@ pub struct Admission {
     pub price: PriceList,
     /// Locally counted prompt tokens, with the safety margin.
     pub prompt_tokens: u64,
+    /// Locally counted prompt tokens, without the margin (for usage an upstream omits).
+    pub counted_prompt_tokens: u64,
     /// Output tokens per choice the request may produce before the hold lowers it.
     pub max_output: u64,
     pub choices: u64,
@@ -101,6 +103,7 @@ pub fn admit(
         model,
         price,
         prompt_tokens,
+        counted_prompt_tokens: raw_prompt,
         max_output,
         choices,
         free_tier,

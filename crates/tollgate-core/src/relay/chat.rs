@@ -78,7 +78,7 @@ impl Relay {
                 price: admission.price,
                 held: hold.amount,
                 output_allowed: output.saturating_mul(admission.choices),
-                prompt_tokens: req.prompt_tokens(),
+                prompt_tokens: admission.counted_prompt_tokens,
                 key_period_start: key_limit.map(|(_, start)| start),
                 stream: req.stream,
                 started: meta.started,
@@ -88,8 +88,9 @@ impl Relay {
                 upstream_usage: None,
             },
         );
-        let body = upstream_body(&req, output);
-        let upstream = match routes::call(inner, &admission.model, body, req.stream).await {
+        let (stream, include_usage) = (req.stream, req.include_usage);
+        let body = upstream_body(req.body, stream, output);
+        let upstream = match routes::call(inner, &admission.model, body, stream).await {
             Ok(up) => up,
             Err(e) => {
                 let error = provider_error(&e);
@@ -123,7 +124,7 @@ impl Relay {
                     ticket,
                     first,
                     rest,
-                    req.include_usage,
+                    include_usage,
                     admission.model.id.clone(),
                     settings.rate,
                 );
@@ -137,15 +138,18 @@ impl Relay {
 }
 
 /// The client's body with the fields tollgate owns set: output limit and usage reporting.
-fn upstream_body(req: &ChatRequest, output: u64) -> serde_json::Map<String, Value> {
-    let mut body = req.body.clone();
+fn upstream_body(
+    mut body: serde_json::Map<String, Value>,
+    stream: bool,
+    output: u64,
+) -> serde_json::Map<String, Value> {
     let field = if body.contains_key("max_completion_tokens") {
         "max_completion_tokens"
     } else {
         "max_tokens"
     };
     body.insert(field.into(), json!(output));
-    if req.stream {
+    if stream {
         let mut options = match body.remove("stream_options") {
             Some(Value::Object(o)) => o,
             _ => serde_json::Map::new(),

@@ -39,13 +39,20 @@ pub(crate) async fn call(
 ) -> Result<Upstream, ProviderError> {
     let timeouts = inner.settings.upstream_timeouts;
     let mut last = ProviderError::Connect("no enabled route".into());
-    for route in ordered(&model.routes) {
+    let routes = ordered(&model.routes);
+    let last_route = routes.len().saturating_sub(1);
+    for (i, route) in routes.into_iter().enumerate() {
         let Some(provider) = inner.providers.chat(&route.provider) else {
             continue;
         };
         body.insert("model".into(), Value::String(route.upstream_model.clone()));
+        // Only a route that may be followed by another needs its own copy of the body.
         let call = ChatCall {
-            body: body.clone(),
+            body: if i == last_route {
+                std::mem::take(&mut body)
+            } else {
+                body.clone()
+            },
             stream,
             timeouts,
         };
