@@ -78,6 +78,36 @@ pub struct LedgerWrite {
     pub idempotency_key: String,
 }
 
+impl LedgerWrite {
+    /// The `MODEL_USAGE` charge for a settlement, keyed by its inference id.
+    pub fn model_usage(s: &Settlement, charge: Credits) -> Self {
+        Self {
+            account_id: s.account_id.clone(),
+            direction: Direction::Charge,
+            kind: EntryType::ModelUsage,
+            amount: charge,
+            model: Some(s.model.clone()),
+            reference_id: Some(s.hold_id.clone()),
+            description: None,
+            idempotency_key: format!("usage:{}", s.hold_id),
+        }
+    }
+
+    /// The one-time `BONUS` for an account's first billing method.
+    pub fn billing_method_grant(account_id: &str, card: &SavedCard, grant: Credits) -> Self {
+        Self {
+            account_id: account_id.to_owned(),
+            direction: Direction::Topup,
+            kind: EntryType::Bonus,
+            amount: grant,
+            model: None,
+            reference_id: Some(card.id.clone()),
+            description: Some("Billing method added: one-time grant".into()),
+            idempotency_key: format!("billing-method-grant:{account_id}"),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct NewKey {
     pub id: String,
@@ -86,6 +116,22 @@ pub struct NewKey {
     pub hash: String,
     pub name: String,
     pub kind: KeyKind,
+}
+
+impl From<NewKey> for ApiKey {
+    /// A key as it is right after creation: enabled, every scope, no limit.
+    fn from(key: NewKey) -> Self {
+        Self {
+            id: key.id,
+            account_id: key.account_id,
+            prefix: key.prefix,
+            name: key.name,
+            kind: key.kind,
+            disabled: false,
+            scopes: None,
+            limit: None,
+        }
+    }
 }
 
 /// A saved payment card, as the payment provider describes it.

@@ -246,16 +246,7 @@ impl Store for PgStore {
         .execute(&self.write)
         .await
         .map_err(db)?;
-        Ok(ApiKey {
-            id: key.id,
-            account_id: key.account_id,
-            prefix: key.prefix,
-            name: key.name,
-            kind: key.kind,
-            disabled: false,
-            scopes: None,
-            limit: None,
-        })
+        Ok(ApiKey::from(key))
     }
 
     async fn key_by_hash(&self, hash: &str) -> Result<Option<(ApiKey, Account)>, StoreError> {
@@ -323,16 +314,7 @@ impl Store for PgStore {
             .rows_affected()
                 == 1;
             if fresh_card {
-                let entry = LedgerWrite {
-                    account_id: account_id.to_owned(),
-                    direction: Direction::Topup,
-                    kind: EntryType::Bonus,
-                    amount: grant,
-                    model: None,
-                    reference_id: Some(card.id.clone()),
-                    description: Some("Billing method added: one-time grant".into()),
-                    idempotency_key: format!("billing-method-grant:{account_id}"),
-                };
+                let entry = LedgerWrite::billing_method_grant(account_id, &card, grant);
                 granted = append(&mut tx, &entry, now).await?.is_some();
                 sqlx::query("UPDATE accounts SET bonus_granted = TRUE WHERE id = $1")
                     .bind(account_id)
@@ -547,16 +529,7 @@ impl Store for PgStore {
             .map_err(db)?;
         }
         if charge > 0 {
-            let entry = LedgerWrite {
-                account_id: s.account_id.clone(),
-                direction: Direction::Charge,
-                kind: EntryType::ModelUsage,
-                amount: Credits(charge),
-                model: Some(s.model.clone()),
-                reference_id: Some(s.hold_id.clone()),
-                description: None,
-                idempotency_key: format!("usage:{}", s.hold_id),
-            };
+            let entry = LedgerWrite::model_usage(&s, Credits(charge));
             if append(&mut tx, &entry, now).await?.is_none() {
                 tx.rollback().await.map_err(db)?;
                 return Ok(Settled::AlreadySettled);

@@ -134,16 +134,7 @@ impl Store for SqliteStore {
                     params![key.id, key.account_id, key.prefix, key.hash, key.name, key.kind.as_str(), millis(Utc::now())],
                 )
                 .map_err(db)?;
-                Ok(ApiKey {
-                    id: key.id,
-                    account_id: key.account_id,
-                    prefix: key.prefix,
-                    name: key.name,
-                    kind: key.kind,
-                    disabled: false,
-                    scopes: None,
-                    limit: None,
-                })
+                Ok(ApiKey::from(key))
             })
             .await
     }

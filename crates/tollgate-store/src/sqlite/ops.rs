@@ -125,16 +125,7 @@ pub(super) fn add_card(
             .map_err(db)?
             == 1;
         if fresh_card {
-            let entry = LedgerWrite {
-                account_id: account_id.to_owned(),
-                direction: Direction::Topup,
-                kind: EntryType::Bonus,
-                amount: grant,
-                model: None,
-                reference_id: Some(card.id.clone()),
-                description: Some("Billing method added: one-time grant".into()),
-                idempotency_key: format!("billing-method-grant:{account_id}"),
-            };
+            let entry = LedgerWrite::billing_method_grant(account_id, card, grant);
             granted = append(conn, &entry, now)?.is_some();
             conn.execute(
                 "UPDATE accounts SET bonus_granted = TRUE WHERE id = ?1",
@@ -268,16 +259,7 @@ pub(super) fn settle(conn: &Connection, s: &Settlement, now: i64) -> Result<Sett
         .map_err(db)?;
     }
     if charge > 0 {
-        let entry = LedgerWrite {
-            account_id: s.account_id.clone(),
-            direction: Direction::Charge,
-            kind: EntryType::ModelUsage,
-            amount: Credits(charge),
-            model: Some(s.model.clone()),
-            reference_id: Some(s.hold_id.clone()),
-            description: None,
-            idempotency_key: format!("usage:{}", s.hold_id),
-        };
+        let entry = LedgerWrite::model_usage(s, Credits(charge));
         if append(conn, &entry, now)?.is_none() {
             // Rolls this job back to its savepoint: the hold stays as it was.
             return Err(StoreError::Conflict("idempotency key"));
