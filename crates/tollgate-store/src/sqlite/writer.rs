@@ -71,7 +71,12 @@ where
     E: From<StoreError>,
     F: FnOnce(&Connection) -> Result<T, E>,
 {
-    let sql = |s: &str| conn.execute_batch(s).map_err(|e| E::from(super::db(e)));
+    let sql = |s: &str| {
+        conn.prepare_cached(s)
+            .and_then(|mut st| st.execute([]))
+            .map(drop)
+            .map_err(|e| E::from(super::db(e)))
+    };
     sql("SAVEPOINT job")?;
     match f(conn) {
         Ok(v) => {
@@ -86,6 +91,11 @@ where
     }
 }
 
+/// Runs a parameterless statement through the statement cache (no re-parsing per batch).
+fn run_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(drop)
+}
+
 fn run(conn: Connection, rx: mpsc::Receiver<Job>) {
     while let Ok(first) = rx.recv() {
         let mut jobs = vec![first];
@@ -95,7 +105,7 @@ fn run(conn: Connection, rx: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+        if let Err(e) = run_cached(&conn, "BEGIN IMMEDIATE") {
             let msg = e.to_string();
             tracing::error!(error = %msg, "SQLite write transaction could not begin");
             for job in jobs {
@@ -104,7 +114,7 @@ fn run(conn: Connection, rx: mpsc::Receiver<Job>) {
             continue;
         }
         let completions: Vec<Completion> = jobs.into_iter().map(|job| job(Ok(&conn))).collect();
-        let committed = conn.execute_batch("COMMIT").map_err(|e| e.to_string());
+        let committed = run_cached(&conn, "COMMIT").map_err(|e| e.to_string());
         if let Err(e) = &committed {
             tracing::error!(error = %e, "SQLite commit failed; rolling back");
             let _ = conn.execute_batch("ROLLBACK");
