@@ -1,6 +1,7 @@
 //! The SQLite store: one file in WAL mode. Writes run on a single writer thread in
 //! group-committed transactions; reads run on the caller's thread on read-only connections.
 
+mod checkpoint;
 mod migrate;
 mod ops;
 mod reader;
@@ -21,6 +22,7 @@ use writer::Writer;
 pub struct SqliteStore {
     writer: Writer,
     readers: Readers,
+    _checkpointer: checkpoint::Checkpointer,
 }
 
 pub(crate) fn db(e: rusqlite::Error) -> StoreError {
@@ -77,6 +79,7 @@ impl SqliteStore {
         migrate::run(&conn).map_err(|e| format!("migrating {}: {e}", path.display()))?;
         Ok(Self {
             writer: Writer::start(conn),
+            _checkpointer: checkpoint::Checkpointer::start(path.clone()),
             readers: Readers::new(path),
         })
     }
