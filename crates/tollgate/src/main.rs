@@ -10,11 +10,6 @@ use clap::Parser;
 use cli::{Cli, Command, ConfigCmd};
 use std::process::ExitCode;
 
-/// mimalloc: less fragmentation across many concurrent connections (resident memory with
-/// 10,000 open streams) and cheaper small allocations on the request path than glibc's.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let flags = config::Overrides {

@@ -17,7 +17,10 @@ use tollgate_core::keys::ApiKey;
 use tollgate_core::money::Credits;
 use tollgate_core::store::*;
 use tollgate_core::usage::UsageRecord;
-use writer::Writer;
+use writer::{Lane, Writer};
+
+/// Usage-log rows written per background transaction.
+const USAGE_CHUNK: usize = 32;
 
 pub struct SqliteStore {
     writer: Writer,
@@ -238,9 +241,12 @@ impl Store for SqliteStore {
     }
 
     async fn record_usage(&self, rows: &[UsageRecord]) -> Result<(), StoreError> {
-        let rows = rows.to_vec();
-        self.writer
-            .write(move |c| ops::record_usage(c, &rows))
-            .await
+        // Small chunks in the background lane: a request waits behind one chunk at most.
+        let jobs = rows.chunks(USAGE_CHUNK).map(|chunk| {
+            let chunk = chunk.to_vec();
+            self.writer
+                .write_in(Lane::Background, move |c| ops::record_usage(c, &chunk))
+        });
+        futures::future::try_join_all(jobs).await.map(drop)
     }
 }

@@ -4,8 +4,14 @@
 //! A job's result reaches its caller only after the transaction that contains it committed,
 //! so a caller never sees a write that could still roll back. Under load many holds and
 //! settlements share one commit; alone, a job commits by itself at once.
+//!
+//! Jobs come in two lanes. Request-path jobs (holds, settlements) always go first and
+//! commit together; background jobs (usage-log batches) run one at a time, each in its own
+//! transaction, only when no request-path job waits, so a large log batch never delays a
+//! request by more than one small chunk.
 
 use rusqlite::Connection;
+use std::collections::VecDeque;
 use std::sync::mpsc;
 use tokio::sync::oneshot;
 use tollgate_core::store::StoreError;
@@ -18,15 +24,24 @@ type Completion = Box<dyn FnOnce(Option<&str>) + Send>;
 /// Runs inside the open transaction (or learns that none could be opened).
 type Job = Box<dyn FnOnce(Result<&Connection, &str>) -> Completion + Send>;
 
+/// Which queue a job joins.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Lane {
+    /// On a request's path: first, group-committed.
+    Request,
+    /// Off the path: one per transaction, when the request lane is empty.
+    Background,
+}
+
 #[derive(Clone)]
 pub(crate) struct Writer {
-    jobs: mpsc::Sender<Job>,
+    jobs: mpsc::Sender<(Lane, Job)>,
 }
 
 impl Writer {
     /// Starts the writer thread; it ends when the last `Writer` is dropped.
     pub fn start(conn: Connection) -> Self {
-        let (tx, rx) = mpsc::channel::<Job>();
+        let (tx, rx) = mpsc::channel::<(Lane, Job)>();
         std::thread::Builder::new()
             .name("tollgate-sqlite-writer".into())
             .spawn(move || run(conn, rx))
@@ -37,6 +52,16 @@ impl Writer {
     /// Runs `f` in a write transaction and returns its result once committed. An `Err` from
     /// `f` rolls back only `f`'s own writes.
     pub async fn write<T, E, F>(&self, f: F) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, E> + Send + 'static,
+    {
+        self.write_in(Lane::Request, f).await
+    }
+
+    /// Like [`Writer::write`], in the chosen lane.
+    pub async fn write_in<T, E, F>(&self, lane: Lane, f: F) -> Result<T, E>
     where
         T: Send + 'static,
         E: From<StoreError> + Send + 'static,
@@ -59,7 +84,7 @@ impl Writer {
             })
         });
         self.jobs
-            .send(job)
+            .send((lane, job))
             .map_err(|_| StoreError::Database("the SQLite writer has stopped".into()))?;
         rx.await
             .map_err(|_| StoreError::Database("the SQLite writer dropped a job".into()))?
@@ -96,32 +121,54 @@ fn run_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
     conn.prepare_cached(sql)?.execute([]).map(drop)
 }
 
-fn run(conn: Connection, rx: mpsc::Receiver<Job>) {
-    while let Ok(first) = rx.recv() {
-        let mut jobs = vec![first];
-        while jobs.len() < MAX_BATCH {
+fn run(conn: Connection, rx: mpsc::Receiver<(Lane, Job)>) {
+    let mut request: Vec<Job> = Vec::new();
+    let mut background: VecDeque<Job> = VecDeque::new();
+    let push = |(lane, job): (Lane, Job),
+                request: &mut Vec<Job>,
+                background: &mut VecDeque<Job>| match lane {
+        Lane::Request => request.push(job),
+        Lane::Background => background.push_back(job),
+    };
+    loop {
+        if request.is_empty() && background.is_empty() {
+            match rx.recv() {
+                Ok(item) => push(item, &mut request, &mut background),
+                Err(_) => return,
+            }
+        }
+        while request.len() < MAX_BATCH {
             match rx.try_recv() {
-                Ok(job) => jobs.push(job),
+                Ok(item) => push(item, &mut request, &mut background),
                 Err(_) => break,
             }
         }
-        if let Err(e) = run_cached(&conn, "BEGIN IMMEDIATE") {
-            let msg = e.to_string();
-            tracing::error!(error = %msg, "SQLite write transaction could not begin");
-            for job in jobs {
-                job(Err(&msg))(Some(&msg));
-            }
-            continue;
+        if !request.is_empty() {
+            commit(&conn, std::mem::take(&mut request));
+        } else if let Some(job) = background.pop_front() {
+            commit(&conn, vec![job]);
         }
-        let completions: Vec<Completion> = jobs.into_iter().map(|job| job(Ok(&conn))).collect();
-        let committed = run_cached(&conn, "COMMIT").map_err(|e| e.to_string());
-        if let Err(e) = &committed {
-            tracing::error!(error = %e, "SQLite commit failed; rolling back");
-            let _ = conn.execute_batch("ROLLBACK");
+    }
+}
+
+/// Runs `jobs` in one transaction and answers each after the commit.
+fn commit(conn: &Connection, jobs: Vec<Job>) {
+    if let Err(e) = run_cached(conn, "BEGIN IMMEDIATE") {
+        let msg = e.to_string();
+        tracing::error!(error = %msg, "SQLite write transaction could not begin");
+        for job in jobs {
+            job(Err(&msg))(Some(&msg));
         }
-        let error = committed.err();
-        for done in completions {
-            done(error.as_deref());
-        }
+        return;
+    }
+    let completions: Vec<Completion> = jobs.into_iter().map(|job| job(Ok(conn))).collect();
+    let committed = run_cached(conn, "COMMIT").map_err(|e| e.to_string());
+    if let Err(e) = &committed {
+        tracing::error!(error = %e, "SQLite commit failed; rolling back");
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    let error = committed.err();
+    for done in completions {
+        done(error.as_deref());
     }
 }
