@@ -1,0 +1,196 @@
+//! One HTTP/1.1 keep-alive connection on hyper's client, and the pre-built request sent on it.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE, HOST};
+use hyper::{Method, Request, Uri};
+use hyper_util::rt::TokioIo;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::time::Instant;
+
+/// The only path the harness calls.
+pub const PATH: &str = "/v1/chat/completions";
+
+/// Where requests go and what they carry, serialised once. No `Accept-Encoding` is sent.
+#[derive(Clone)]
+pub struct Target {
+    pub addr: SocketAddr,
+    pub stream: bool,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl Target {
+    /// A chat-completions request for `model`; `key` becomes the bearer token.
+    pub fn chat(addr: SocketAddr, key: Option<&str>, model: &str, stream: bool) -> Self {
+        let mut req = serde_json::json!({
+            "model": model,
+            "messages": [{"role": "user", "content": "hello"}],
+            "max_tokens": 16,
+        });
+        if stream {
+            req["stream"] = true.into();
+            req["stream_options"] = serde_json::json!({"include_usage": true});
+        }
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            HOST,
+            HeaderValue::from_str(&addr.to_string()).expect("host"),
+        );
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if let Some(key) = key {
+            let v = HeaderValue::from_str(&format!("Bearer {key}")).expect("key is ASCII");
+            headers.insert(AUTHORIZATION, v);
+        }
+        Self {
+            addr,
+            stream,
+            uri: Uri::from_static(PATH),
+            headers,
+            body: Bytes::from(req.to_string()),
+        }
+    }
+
+    fn request(&self) -> Request<Full<Bytes>> {
+        let mut req = Request::new(Full::new(self.body.clone()));
+        *req.method_mut() = Method::POST;
+        *req.uri_mut() = self.uri.clone();
+        *req.headers_mut() = self.headers.clone();
+        req
+    }
+}
+
+/// When the first and the last body bytes of a successful reply arrived.
+#[derive(Clone, Copy, Debug)]
+pub struct Arrival {
+    pub first: Instant,
+    pub last: Instant,
+}
+
+/// One keep-alive connection, reopened after a failure.
+#[derive(Default)]
+pub struct Conn {
+    sender: Option<SendRequest<Full<Bytes>>>,
+}
+
+impl Conn {
+    /// Sends one request and reads the whole reply. A stream must end with `data: [DONE]`.
+    /// `on_first` runs when the first body bytes arrive.
+    pub async fn send(
+        &mut self,
+        target: &Target,
+        timeout: Duration,
+        on_first: impl FnOnce(),
+    ) -> Result<Arrival, String> {
+        let out = tokio::time::timeout(timeout, self.exchange(target, on_first)).await;
+        let out = out.unwrap_or_else(|_| Err(format!("no complete reply within {timeout:?}")));
+        if out.is_err() {
+            self.sender = None;
+        }
+        out
+    }
+
+    async fn exchange(
+        &mut self,
+        target: &Target,
+        on_first: impl FnOnce(),
+    ) -> Result<Arrival, String> {
+        // Wait for the connection to come back to idle after the previous reply.
+        if let Some(s) = &mut self.sender {
+            if s.is_closed() || s.ready().await.is_err() {
+                self.sender = None;
+            }
+        }
+        let sender = match &mut self.sender {
+            Some(s) => s,
+            None => self.sender.insert(connect(target.addr).await?),
+        };
+        let res = sender
+            .send_request(target.request())
+            .await
+            .map_err(|e| format!("request failed: {e}"))?;
+        let status = res.status();
+        let mut body = res.into_body();
+        let mut first = None;
+        let mut on_first = Some(on_first);
+        let mut tail = Vec::with_capacity(32);
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| format!("reply body failed: {e}"))?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            if data.is_empty() {
+                continue;
+            }
+            if first.is_none() {
+                first = Some(Instant::now());
+                if let Some(f) = on_first.take() {
+                    f();
+                }
+            }
+            if target.stream || !status.is_success() {
+                keep_tail(&mut tail, &data);
+            }
+        }
+        let last = Instant::now();
+        if !status.is_success() {
+            return Err(format!(
+                "status {status}: {}",
+                String::from_utf8_lossy(&tail).trim()
+            ));
+        }
+        if target.stream && !tail.ends_with(b"data: [DONE]\n\n") {
+            return Err("stream ended without data: [DONE]".into());
+        }
+        let first = first.ok_or("empty reply body")?;
+        Ok(Arrival { first, last })
+    }
+}
+
+/// Keeps the last 256 bytes seen.
+fn keep_tail(tail: &mut Vec<u8>, data: &[u8]) {
+    tail.extend_from_slice(data);
+    if tail.len() > 256 {
+        tail.drain(..tail.len() - 256);
+    }
+}
+
+/// Loopback source addresses 127.0.0.2–127.0.0.251, taken in turn: each has its own
+/// ephemeral ports, so ten thousand streams next to tollgate's own upstream connections and
+/// the TIME_WAIT sockets of earlier phases never run the port range dry.
+fn source_for(addr: SocketAddr) -> Option<SocketAddr> {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    match addr.ip() {
+        IpAddr::V4(ip) if ip.is_loopback() => {
+            let n = NEXT.fetch_add(1, Ordering::Relaxed) % 250;
+            Some(SocketAddr::from(([127, 0, 0, 2 + n as u8], 0)))
+        }
+        _ => None,
+    }
+}
+
+async fn connect(addr: SocketAddr) -> Result<SendRequest<Full<Bytes>>, String> {
+    let tcp = async {
+        let Some(src) = source_for(addr) else {
+            return TcpStream::connect(addr).await;
+        };
+        let socket = TcpSocket::new_v4()?;
+        socket.bind(src)?;
+        socket.connect(addr).await
+    }
+    .await
+    .map_err(|e| format!("connect {addr}: {e}"))?;
+    tcp.set_nodelay(true).map_err(|e| format!("nodelay: {e}"))?;
+    let (sender, conn) = http1::handshake(TokioIo::new(tcp))
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(sender)
+}

@@ -1,0 +1,223 @@
+//! The processes under test: the mock and `tollgate serve` started and stopped, and the CLI.
+
+use crate::mock::MockArgs;
+use anyhow::{bail, Context};
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A child process, stopped (SIGTERM, then SIGKILL) when dropped.
+pub struct Proc {
+    name: &'static str,
+    child: Option<Child>,
+}
+
+impl Proc {
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// SIGTERM, then waits up to `grace` before SIGKILL. Returns whether it exited cleanly.
+    pub fn stop(&mut self, grace: Duration) -> anyhow::Result<bool> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(true);
+        };
+        if child.try_wait()?.is_some() {
+            bail!("{} had already exited", self.name);
+        }
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status.success());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        Ok(false)
+    }
+
+    /// Fails when the process has exited.
+    pub fn check_alive(&mut self) -> anyhow::Result<()> {
+        if let Some(c) = &mut self.child {
+            if let Some(status) = c.try_wait()? {
+                bail!("{} exited unexpectedly ({status})", self.name);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Starts this binary's `mock` subcommand and reads the address it listens on.
+pub fn start_mock(args: &MockArgs) -> anyhow::Result<(Proc, SocketAddr)> {
+    let exe = std::env::current_exe().context("finding this executable")?;
+    let mut child = Command::new(exe)
+        .arg("mock")
+        .args(args.to_args())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("starting the mock")?;
+    let stdout = child.stdout.take().context("mock stdout")?;
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line)?;
+    let proc = Proc {
+        name: "mock",
+        child: Some(child),
+    };
+    let addr = line
+        .trim()
+        .strip_prefix("listening ")
+        .with_context(|| format!("the mock did not report its address (said {line:?})"))?
+        .parse()?;
+    Ok((proc, addr))
+}
+
+/// The tollgate binary and the SQLite database it runs on.
+pub struct Tollgate {
+    pub bin: PathBuf,
+    pub db: PathBuf,
+}
+
+impl Tollgate {
+    pub fn database_url(&self) -> String {
+        format!("sqlite://{}", self.db.display())
+    }
+
+    /// Runs an operator command and returns its JSON output.
+    pub fn cli(&self, args: &[&str]) -> anyhow::Result<Value> {
+        let out = self
+            .command()
+            .args(["--database-url", &self.database_url()])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("running {}", self.bin.display()))?;
+        if !out.status.success() {
+            bail!(
+                "`tollgate {}` failed ({}): {}",
+                args.join(" "),
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        serde_json::from_slice(&out.stdout).with_context(|| {
+            format!(
+                "`tollgate {}` printed no JSON: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    }
+
+    /// The account under load, made with the CLI as an operator would: created, verified
+    /// with the sandbox card, granted 10^12 credits. Returns its id and a new API key.
+    pub fn bench_account(&self, email: &str) -> anyhow::Result<(String, String)> {
+        let password = "benchpass1";
+        let account = self.cli(&[
+            "account",
+            "create",
+            "--email",
+            email,
+            "--password",
+            password,
+        ])?;
+        let id = account["id"].as_str().context("account id")?.to_owned();
+        let card = "4242424242424242";
+        self.cli(&["billing", "add-card", "--email", email, "--card", card])?;
+        let credits = "1000000000000";
+        let grant = ["--credits", credits, "--reason", "bench"];
+        self.cli(&[&["credits", "grant", "--email", email][..], &grant].concat())?;
+        let key = self.cli(&["key", "create", "--email", email])?["key"]
+            .as_str()
+            .context("key")?
+            .to_owned();
+        Ok((id, key))
+    }
+
+    /// Starts `tollgate serve` routed to the mock, and waits for /readyz.
+    pub fn serve(&self, mock: SocketAddr, log: &Path) -> anyhow::Result<(Proc, SocketAddr)> {
+        let addr = free_port()?;
+        let log_file = std::fs::File::create(log)?;
+        let child = self
+            .command()
+            .args(["--database-url", &self.database_url()])
+            .args(["serve", "--listen", &addr.to_string()])
+            .env("OPENAI_API_KEY", "bench")
+            .env("OPENAI_BASE_URL", format!("http://{mock}/v1"))
+            .env("TOLLGATE_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .with_context(|| format!("starting {}", self.bin.display()))?;
+        let mut proc = Proc {
+            name: "tollgate",
+            child: Some(child),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if get_status(addr, "/readyz").is_ok_and(|s| s == 200) {
+                return Ok((proc, addr));
+            }
+            if let Err(e) = proc.check_alive() {
+                let log = std::fs::read_to_string(log).unwrap_or_default();
+                bail!("{e}; its log:\n{log}");
+            }
+            if Instant::now() > deadline {
+                bail!("tollgate did not become ready on {addr} within 30 s");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// A command for the binary with a clean environment: no configuration leaks in.
+    fn command(&self) -> Command {
+        let mut cmd = Command::new(&self.bin);
+        for (k, _) in std::env::vars_os() {
+            let k = k.to_string_lossy().into_owned();
+            if k.starts_with("TOLLGATE") || k.starts_with("OPENAI_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd
+    }
+}
+
+/// An unused loopback port (bound, then released).
+fn free_port() -> anyhow::Result<SocketAddr> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+/// The status code of a plain GET.
+pub fn get_status(addr: SocketAddr, path: &str) -> anyhow::Result<u16> {
+    let mut tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
+    tcp.set_read_timeout(Some(Duration::from_secs(2)))?;
+    write!(
+        tcp,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut head = [0u8; 12];
+    tcp.read_exact(&mut head)?;
+    let line = String::from_utf8_lossy(&head);
+    line.get(9..12)
+        .context("short status line")?
+        .parse()
+        .context("status code")
+}
