@@ -339,6 +339,13 @@ async fn management_keys_cannot_call_models() {
     )
     .await;
     assert!(msg.contains("Management keys cannot call models"), "{msg}");
+    let resp = client()
+        .get(server.url("/v1/billing/balance"))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap();
+    expect_error(resp, 403, "scope_forbidden").await;
 }
 
 #[tokio::test]

@@ -8,12 +8,20 @@ use axum::http::HeaderMap;
 use axum::Json;
 use chrono::{SecondsFormat, Utc};
 use serde_json::{json, Value};
+use tollgate_core::keys::KeyKind;
+use tollgate_core::Error;
 
 pub async fn handle(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     let who = state.relay.authenticate(bearer(&headers)).await?;
+    if who.key.kind == KeyKind::Management {
+        return Err(Error::ScopeForbidden(
+            "This endpoint needs a regular API key; management keys manage keys only.".into(),
+        )
+        .into());
+    }
     let account = &who.account;
     let threshold = state.relay.settings().low_balance_threshold;
     let low = account.balance < threshold;
