@@ -1,6 +1,6 @@
 //! Closed-loop saturation: C connections, each sending its next request as soon as the last returns.
 
-use super::{join, on_threads, share, sleep_until, Mark, Outcome, Shared};
+use super::{join, measured, share, Mark, Outcome, Shared};
 use crate::client::{Arrival, Conn, Target};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -29,14 +29,7 @@ pub fn run(target: &Target, spec: Closed, mark: &mut dyn FnMut(Mark)) -> Outcome
             join(workers, &out).await;
         }
     };
-    let mut out = on_threads(threads, make, || {
-        sleep_until(begin);
-        mark(Mark::Start);
-        sleep_until(end);
-        mark(Mark::End);
-    });
-    out.window = spec.duration;
-    out
+    measured(threads, make, begin, end, mark)
 }
 
 async fn worker(target: Target, begin: Instant, end: Instant, out: Shared) {

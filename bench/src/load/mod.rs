@@ -136,6 +136,29 @@ pub(crate) fn share(total: usize, threads: usize, t: usize) -> impl Iterator<Ite
 }
 
 /// Sleeps the calling (coordinating) thread until `at`.
+/// Runs `make` on `threads` load threads while this thread marks the measured window
+/// (`begin`..`end`); the outcome's window is `end - begin`.
+pub(crate) fn measured<M, F>(
+    threads: usize,
+    make: M,
+    begin: std::time::Instant,
+    end: std::time::Instant,
+    mark: &mut dyn FnMut(Mark),
+) -> Outcome
+where
+    M: Fn(usize, Shared) -> F + Send + Clone + 'static,
+    F: Future<Output = ()> + 'static,
+{
+    let mut out = on_threads(threads, make, || {
+        sleep_until(begin);
+        mark(Mark::Start);
+        sleep_until(end);
+        mark(Mark::End);
+    });
+    out.window = end - begin;
+    out
+}
+
 pub(crate) fn sleep_until(at: std::time::Instant) {
     let now = std::time::Instant::now();
     if at > now {

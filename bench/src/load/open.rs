@@ -1,7 +1,7 @@
 //! Fixed-rate open loop with coordinated-omission correction: latency runs from each request's
 //! scheduled send time whenever the request could not be sent on time.
 
-use super::{join, on_threads, share, sleep_until, Mark, Outcome, Shared};
+use super::{join, measured, share, Mark, Outcome, Shared};
 use crate::client::{Conn, Target};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -55,14 +55,7 @@ pub fn run(target: &Target, spec: Open, mark: &mut dyn FnMut(Mark)) -> Outcome {
             join(workers, &out).await;
         }
     };
-    let mut out = on_threads(threads, make, || {
-        sleep_until(begin);
-        mark(Mark::Start);
-        sleep_until(end);
-        mark(Mark::End);
-    });
-    out.window = spec.duration;
-    out
+    measured(threads, make, begin, end, mark)
 }
 
 struct Schedule {
