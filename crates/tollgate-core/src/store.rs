@@ -270,6 +270,11 @@ pub trait Store: Send + Sync + 'static {
 
     async fn hold(&self, req: HoldRequest) -> Result<Hold, HoldError>;
     async fn settle(&self, s: Settlement) -> Result<Settled, StoreError>;
+    /// Called once by a node before it serves: a store that only one process may serve from
+    /// (SQLite) takes its lock here and fails when another process holds it.
+    async fn claim_serving(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
     /// Releases every hold owned by `node_id` (a restarting node); returns how many.
     async fn release_node_holds(&self, node_id: &str) -> Result<u64, StoreError>;
     /// Releases every hold whose lease ended before `now`; returns how many.

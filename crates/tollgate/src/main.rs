@@ -10,6 +10,11 @@ use clap::Parser;
 use cli::{Cli, Command, ConfigCmd};
 use std::process::ExitCode;
 
+/// jemalloc for Rust and (unprefixed) for SQLite: glibc's allocator made every request pay
+/// for arena lock contention between the runtime's threads.
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let flags = config::Overrides {

@@ -15,6 +15,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     config.settings.node_id = crate::config::node_id_for(&config.settings.node_id, addr.port());
     let store = wiring::store(&config).await?;
+    store.claim_serving().await?;
     let released = store.release_node_holds(&config.settings.node_id).await?;
     if released > 0 {
         tracing::warn!(released, node = %config.settings.node_id, "released holds left by this node's previous run (nothing charged)");

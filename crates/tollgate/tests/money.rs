@@ -152,9 +152,11 @@ async fn a_client_dropping_a_stream_is_charged_for_what_was_delivered() {
     assert!(cli(&db.url, &["ledger", "check"]).0);
 }
 
-#[tokio::test]
-async fn a_hold_left_by_a_killed_process_is_released_at_restart_without_charge() {
-    let db = TestDb::sqlite();
+/// A streaming request holds credits; the process is killed with the stream open. On
+/// PostgreSQL the hold row outlives the process and the restarting node releases it (and
+/// says so); on SQLite the hold lived in the killed process and is gone with it. Either way
+/// nothing is charged and the books add up.
+async fn a_killed_process_leaves_no_charge_and_no_hold(db: TestDb) {
     let server = Server::start(
         &db.url,
         &[("TOLLGATE__PROVIDERS__DEMO__TOKENS_PER_SECOND", "5")],
@@ -172,11 +174,45 @@ async fn a_hold_left_by_a_killed_process_is_released_at_restart_without_charge()
         (json!(50_000), json!(0)),
         "{b}"
     );
-    assert!(server
+    let released_log = server
         .drain_logs()
         .iter()
-        .any(|l| l.contains("released holds left by this node")));
+        .any(|l| l.contains("released holds left by this node"));
+    assert_eq!(released_log, db.url.starts_with("postgres"));
     assert!(cli(&db.url, &["ledger", "check"]).0);
+}
+
+#[tokio::test]
+async fn a_killed_process_leaves_no_charge_and_no_hold_on_sqlite() {
+    a_killed_process_leaves_no_charge_and_no_hold(TestDb::sqlite()).await;
+}
+
+#[tokio::test]
+async fn a_hold_left_by_a_killed_node_is_released_at_restart_on_postgres() {
+    a_killed_process_leaves_no_charge_and_no_hold(TestDb::postgres().await).await;
+}
+
+#[tokio::test]
+async fn a_second_process_cannot_serve_the_same_sqlite_database() {
+    let db = TestDb::sqlite();
+    let first = Server::start(&db.url, &[]);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args([
+            "--database-url",
+            &db.url,
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .env_remove("TOLLGATE_CONFIG")
+        .output()
+        .expect("run a second tollgate");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("already serving"), "{stderr}");
+    // The first keeps serving.
+    let key = account(&db.url, "one@example.com", Some("4242424242424242"));
+    assert_eq!(balance(&first, &key).await["balance"], 50_000);
 }
 
 #[tokio::test]

@@ -1,14 +1,22 @@
-//! WAL checkpoints on their own thread, so the writer never stalls copying pages back to the
-//! database file and syncing it.
+//! WAL checkpoints on their own thread, so a request never waits while pages are copied back
+//! to the database file and synced.
+//!
+//! A checkpoint copies the frames written before it started; under steady load new frames
+//! keep arriving, so the WAL would never be fully copied and could never start over. When it
+//! has grown past [`RESTART_AT`], the thread copies what it can while writes go on, then
+//! pauses writes for the (short) remainder, after which the next commit starts the WAL anew.
 
+use super::combiner::Combiner;
 use rusqlite::Connection;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 /// How often the WAL is copied back into the database file.
-const INTERVAL: Duration = Duration::from_millis(500);
+const INTERVAL: Duration = Duration::from_millis(250);
+/// WAL size above which the checkpoint finishes with writes paused, so the WAL restarts.
+pub(crate) const RESTART_AT: u64 = 32 << 20;
 
 /// Stops its thread when dropped.
 pub(crate) struct Checkpointer {
@@ -16,12 +24,12 @@ pub(crate) struct Checkpointer {
 }
 
 impl Checkpointer {
-    pub fn start(path: PathBuf) -> Self {
+    pub fn start(path: PathBuf, writer: Combiner) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let spawned = std::thread::Builder::new()
             .name("tollgate-sqlite-checkpoint".into())
-            .spawn(move || run(&path, &flag));
+            .spawn(move || run(&path, &writer, &flag));
         if let Err(e) = spawned {
             tracing::error!(error = %e, "cannot start the checkpoint thread; SQLite checkpoints on commit instead");
         }
@@ -35,7 +43,7 @@ impl Drop for Checkpointer {
     }
 }
 
-fn run(path: &PathBuf, stop: &AtomicBool) {
+fn run(path: &Path, writer: &Combiner, stop: &AtomicBool) {
     let conn = match Connection::open(path) {
         Ok(c) => c,
         Err(e) => {
@@ -44,10 +52,19 @@ fn run(path: &PathBuf, stop: &AtomicBool) {
         }
     };
     let _ = conn.busy_timeout(Duration::from_secs(5));
-    while !stop.load(Ordering::Relaxed) {
-        std::thread::sleep(INTERVAL);
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    let checkpoint = || {
         if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
             tracing::warn!(error = %e, "WAL checkpoint failed");
+        }
+    };
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(INTERVAL);
+        checkpoint();
+        let size = std::fs::metadata(&wal).map_or(0, |m| m.len());
+        if size > RESTART_AT {
+            writer.pause_writes(checkpoint);
         }
     }
     let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));

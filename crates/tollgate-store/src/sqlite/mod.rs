@@ -1,30 +1,45 @@
-//! The SQLite store: one file in WAL mode. Writes run on a single writer thread in
-//! group-committed transactions; reads run on the caller's thread on read-only connections.
+//! The SQLite store: one file in WAL mode, served by one process. Writes and live holds go
+//! through the combiner (group commit, no writer thread); reads run on the caller's thread
+//! on read-only connections; keys are served from a cache that outside commits invalidate.
 
+mod book;
 mod checkpoint;
+mod combiner;
+mod keycache;
 mod migrate;
 mod ops;
 mod reader;
-mod writer;
 
 use crate::rows::{kind, limit, millis, scopes, time};
 use chrono::{DateTime, Utc};
+use combiner::{Combiner, Lane};
+use keycache::KeyCache;
 use reader::Readers;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tollgate_core::accounts::Account;
 use tollgate_core::keys::ApiKey;
 use tollgate_core::money::Credits;
 use tollgate_core::store::*;
 use tollgate_core::usage::UsageRecord;
-use writer::{Lane, Writer};
 
 /// Usage-log rows written per background transaction.
 const USAGE_CHUNK: usize = 32;
 
+/// How often the store looks for commits made by other processes (the operator CLI), so
+/// cached keys and balances follow them.
+const OUTSIDE_COMMIT_CHECK: Duration = Duration::from_millis(250);
+
 pub struct SqliteStore {
-    writer: Writer,
+    path: PathBuf,
+    writer: Combiner,
     readers: Readers,
+    keys: KeyCache,
+    /// Held by the serving process once it claims the database.
+    serve_lock: Mutex<Option<std::fs::File>>,
     _checkpointer: checkpoint::Checkpointer,
 }
 
@@ -75,25 +90,84 @@ impl SqliteStore {
             Connection::open(&path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
         conn.busy_timeout(std::time::Duration::from_secs(10))
             .map_err(|e| e.to_string())?;
+        // No checkpoint on commit: a commit that crossed the WAL's size threshold would copy
+        // and fsync pages on a request's path; the checkpoint thread does that instead.
         conn.execute_batch(
-            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;
+             PRAGMA wal_autocheckpoint = 0; PRAGMA journal_size_limit = 33554432;",
         )
         .map_err(|e| e.to_string())?;
         migrate::run(&conn).map_err(|e| format!("migrating {}: {e}", path.display()))?;
+        let epoch = Arc::new(AtomicU64::new(0));
+        let writer = Combiner::new(conn, epoch.clone());
+        writer.watch_outside_commits(OUTSIDE_COMMIT_CHECK);
         Ok(Self {
-            writer: Writer::start(conn),
-            _checkpointer: checkpoint::Checkpointer::start(path.clone()),
-            readers: Readers::new(path),
+            _checkpointer: checkpoint::Checkpointer::start(path.clone(), writer.clone()),
+            readers: Readers::new(path.clone()),
+            keys: KeyCache::new(epoch),
+            serve_lock: Mutex::new(None),
+            writer,
+            path,
         })
     }
 
-    fn account_where(&self, column: &str, value: &str) -> Result<Option<Account>, StoreError> {
-        let sql = format!("SELECT {ACCOUNT} FROM accounts a WHERE a.{column} = ?1");
-        self.readers.read(|c| {
-            c.prepare_cached(&sql)?
-                .query_row([value], |r| account_at(r, 0))
-                .optional()
-        })
+    /// The account as committed, with what the live holds reserve added to `held`.
+    async fn account_where(
+        &self,
+        column: &'static str,
+        value: &str,
+    ) -> Result<Option<Account>, StoreError> {
+        let value = value.to_owned();
+        self.writer
+            .run(move |b| {
+                let sql = format!("SELECT {ACCOUNT} FROM accounts a WHERE a.{column} = ?1");
+                let found = b
+                    .conn()
+                    .prepare_cached(&sql)
+                    .and_then(|mut s| s.query_row([&value], |r| account_at(r, 0)).optional())
+                    .map_err(db)?;
+                Ok::<_, StoreError>(found.map(|mut a| {
+                    a.held = a.held.saturating_add(Credits(b.book.held(&a.id)));
+                    a
+                }))
+            })
+            .await
+    }
+
+    /// Takes the database's serve lock: one process serves from a SQLite file, because live
+    /// holds are kept in that process. A second `tollgate serve` on the same file is refused.
+    fn claim(&self) -> Result<(), StoreError> {
+        let mut lock = self
+            .serve_lock
+            .lock()
+            .map_err(|_| StoreError::Database("serve lock poisoned".into()))?;
+        if lock.is_some() {
+            return Ok(());
+        }
+        let mut name = self.path.clone().into_os_string();
+        name.push(".serve-lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&name)
+            .map_err(|e| {
+                StoreError::Database(format!("cannot open {}: {e}", name.to_string_lossy()))
+            })?;
+        match file.try_lock() {
+            Ok(()) => {
+                *lock = Some(file);
+                Ok(())
+            }
+            Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Database(format!(
+                "another tollgate process is already serving from {}: a SQLite database is served by one process (run several nodes on PostgreSQL)",
+                self.path.display()
+            ))),
+            Err(std::fs::TryLockError::Error(e)) => Err(StoreError::Database(format!(
+                "cannot lock {}: {e}",
+                name.to_string_lossy()
+            ))),
+        }
     }
 }
 
@@ -112,7 +186,7 @@ impl Store for SqliteStore {
     ) -> Result<Account, StoreError> {
         let (id, email, hash) = (id.to_owned(), email.to_owned(), password_hash.to_owned());
         self.writer
-            .write(move |c| {
+            .run(move |b| b.write(|c| {
                 c.execute(
                     "INSERT INTO accounts (id, email, password_hash, created_at) VALUES (?1, ?2, ?3, ?4)",
                     params![id, email, hash, millis(Utc::now())],
@@ -120,37 +194,41 @@ impl Store for SqliteStore {
                 .map_err(db)?;
                 c.query_row(&format!("SELECT {ACCOUNT} FROM accounts a WHERE a.id = ?1"), [&id], |r| account_at(r, 0))
                     .map_err(db)
-            })
+            }))
             .await
     }
 
     async fn account(&self, id: &str) -> Result<Option<Account>, StoreError> {
-        self.account_where("id", id)
+        self.account_where("id", id).await
     }
 
     async fn account_by_email(&self, email: &str) -> Result<Option<Account>, StoreError> {
-        self.account_where("email", email)
+        self.account_where("email", email).await
     }
 
     async fn create_key(&self, key: NewKey) -> Result<ApiKey, StoreError> {
         self.writer
-            .write(move |c| {
+            .run(move |b| b.write(|c| {
                 c.execute(
                     "INSERT INTO api_keys (id, account_id, prefix, hash, name, kind, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                     params![key.id, key.account_id, key.prefix, key.hash, key.name, key.kind.as_str(), millis(Utc::now())],
                 )
                 .map_err(db)?;
                 Ok(ApiKey::from(key))
-            })
+            }))
             .await
     }
 
     async fn key_by_hash(&self, hash: &str) -> Result<Option<(ApiKey, Account)>, StoreError> {
+        if let Some(found) = self.keys.get(hash) {
+            return Ok(Some(found));
+        }
+        let epoch = self.keys.epoch();
         let sql = format!(
             "SELECT k.id, k.account_id, k.prefix, k.name, k.kind, k.disabled, k.scopes, k.limit_retention, k.limit_threshold, {ACCOUNT}
              FROM api_keys k JOIN accounts a ON a.id = k.account_id WHERE k.hash = ?1 AND k.deleted_at IS NULL"
         );
-        self.readers.read(|c| {
+        let found = self.readers.read(|c| {
             c.prepare_cached(&sql)?
                 .query_row([hash], |r| {
                     let key = ApiKey {
@@ -166,7 +244,11 @@ impl Store for SqliteStore {
                     Ok((key, account_at(r, 9)?))
                 })
                 .optional()
-        })
+        })?;
+        if let Some(found) = &found {
+            self.keys.put(hash, epoch, found.clone());
+        }
+        Ok(found)
     }
 
     async fn add_card(
@@ -176,9 +258,18 @@ impl Store for SqliteStore {
         grant: Credits,
     ) -> Result<CardOutcome, StoreError> {
         let account_id = account_id.to_owned();
-        self.writer
-            .write(move |c| ops::add_card(c, &account_id, &card, grant, millis(Utc::now())))
-            .await
+        let outcome = self
+            .writer
+            .run(move |b| {
+                let outcome =
+                    b.write(|c| ops::add_card(c, &account_id, &card, grant, millis(Utc::now())))?;
+                b.book.set_balance(&account_id, outcome.balance.0);
+                Ok::<_, StoreError>(outcome)
+            })
+            .await;
+        // The account now has a billing method: cached keys must see it.
+        self.keys.invalidate();
+        outcome
     }
 
     async fn write_ledger(&self, entry: LedgerWrite) -> Result<Credits, StoreError> {
@@ -188,40 +279,46 @@ impl Store for SqliteStore {
             ));
         }
         self.writer
-            .write(move |c| ops::write_ledger(c, &entry, millis(Utc::now())))
+            .run(move |b| ops::write_ledger(b, &entry, millis(Utc::now())))
             .await
     }
 
     async fn hold(&self, req: HoldRequest) -> Result<Hold, HoldError> {
-        self.writer.write(move |c| ops::hold(c, &req)).await
+        self.writer.run(move |b| ops::hold(b, &req)).await
     }
 
     async fn settle(&self, s: Settlement) -> Result<Settled, StoreError> {
-        match self
-            .writer
-            .write(move |c| ops::settle(c, &s, millis(Utc::now())))
+        self.writer
+            .run(move |b| ops::settle(b, &s, millis(Utc::now())))
             .await
-        {
-            Err(StoreError::Conflict("idempotency key")) => Ok(Settled::AlreadySettled),
-            other => other,
-        }
+    }
+
+    async fn claim_serving(&self) -> Result<(), StoreError> {
+        self.claim()
     }
 
     async fn release_node_holds(&self, node_id: &str) -> Result<u64, StoreError> {
         let node = node_id.to_owned();
         self.writer
-            .write(move |c| ops::release_where(c, "h.node_id = ?1", &node))
+            .run(move |b| {
+                let stored = b.write(|c| ops::release_where(c, "h.node_id = ?1", &node))?;
+                Ok::<_, StoreError>(stored + b.book.remove_where(|h| h.node_id == node))
+            })
             .await
     }
 
     async fn release_expired_holds(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
         let now = millis(now);
         self.writer
-            .write(move |c| ops::release_where(c, "h.lease_until < ?1", &now))
+            .run(move |b| {
+                let stored = b.write(|c| ops::release_where(c, "h.lease_until < ?1", &now))?;
+                Ok::<_, StoreError>(stored + b.book.remove_where(|h| h.lease_until < now))
+            })
             .await
     }
 
     async fn ledger_check(&self, now: DateTime<Utc>) -> Result<Vec<Discrepancy>, StoreError> {
+        // The books from one snapshot, without holding up writes; live holds from the book.
         let rows = self.readers.read(|c| {
             let mut stmt = c.prepare(crate::rows::LEDGER_CHECK_SQL)?;
             let rows = stmt.query_map([millis(now)], |r| {
@@ -237,15 +334,39 @@ impl Store for SqliteStore {
             })?;
             rows.collect::<rusqlite::Result<Vec<_>>>()
         })?;
-        Ok(rows.into_iter().filter(Discrepancy::disagrees).collect())
+        let live = self
+            .writer
+            .run(move |b| {
+                let figures = b.book.figures(millis(now));
+                Ok::<_, StoreError>(
+                    figures
+                        .into_iter()
+                        .map(|(id, f)| (id.to_owned(), f))
+                        .collect::<std::collections::HashMap<_, _>>(),
+                )
+            })
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|mut d| {
+                if let Some(f) = live.get(&d.account_id) {
+                    d.held = d.held.saturating_add(Credits(f.held));
+                    d.holds_sum = d.holds_sum.saturating_add(Credits(f.holds_sum));
+                    d.expired_holds += f.expired;
+                }
+                d
+            })
+            .filter(Discrepancy::disagrees)
+            .collect())
     }
 
     async fn record_usage(&self, rows: &[UsageRecord]) -> Result<(), StoreError> {
         // Small chunks in the background lane: a request waits behind one chunk at most.
         let jobs = rows.chunks(USAGE_CHUNK).map(|chunk| {
             let chunk = chunk.to_vec();
-            self.writer
-                .write_in(Lane::Background, move |c| ops::record_usage(c, &chunk))
+            self.writer.run_in(Lane::Background, move |b| {
+                b.write(|c| ops::record_usage(c, &chunk))
+            })
         });
         futures::future::try_join_all(jobs).await.map(drop)
     }

@@ -7,6 +7,8 @@ use tollgate_core::money::Credits;
 use tollgate_core::store::*;
 use tollgate_core::usage::UsageRecord;
 
+use super::book::LiveHold;
+use super::combiner::Batch;
 use super::db;
 
 /// Appends a ledger entry and moves the balance. `None` when the idempotency key was used.
@@ -65,28 +67,35 @@ fn balance_and_held(conn: &Connection, account_id: &str) -> Result<(i64, i64), S
         .ok_or(StoreError::NotFound("account"))
 }
 
+/// Appends an operator or payment entry, refusing a charge the available balance (after
+/// the book's live holds) cannot cover; the book learns the new balance.
 pub(super) fn write_ledger(
-    conn: &Connection,
+    b: &mut Batch<'_>,
     entry: &LedgerWrite,
     now: i64,
 ) -> Result<Credits, StoreError> {
-    let (balance, held) = balance_and_held(conn, &entry.account_id)?;
-    if entry.direction == Direction::Charge && balance - held < entry.amount.0 {
-        // A retry of a charge that already applied reports success, not a shortfall.
-        let applied: Option<i64> = conn
-            .prepare_cached("SELECT id FROM ledger WHERE idempotency_key = ?1")
-            .and_then(|mut s| {
-                s.query_row([&entry.idempotency_key], |r| r.get(0))
-                    .optional()
-            })
-            .map_err(db)?;
-        return if applied.is_some() {
-            Ok(Credits(balance))
-        } else {
-            Err(StoreError::Insufficient)
-        };
-    }
-    Ok(append(conn, entry, now)?.unwrap_or(Credits(balance)))
+    let live = b.book.held(&entry.account_id);
+    let balance = b.write(|conn| {
+        let (balance, held) = balance_and_held(conn, &entry.account_id)?;
+        if entry.direction == Direction::Charge && balance - held - live < entry.amount.0 {
+            // A retry of a charge that already applied reports success, not a shortfall.
+            let applied: Option<i64> = conn
+                .prepare_cached("SELECT id FROM ledger WHERE idempotency_key = ?1")
+                .and_then(|mut s| {
+                    s.query_row([&entry.idempotency_key], |r| r.get(0))
+                        .optional()
+                })
+                .map_err(db)?;
+            return if applied.is_some() {
+                Ok(Credits(balance))
+            } else {
+                Err(StoreError::Insufficient)
+            };
+        }
+        Ok(append(conn, entry, now)?.unwrap_or(Credits(balance)))
+    })?;
+    b.book.set_balance(&entry.account_id, balance.0);
+    Ok(balance)
 }
 
 pub(super) fn add_card(
@@ -141,96 +150,105 @@ pub(super) fn add_card(
     })
 }
 
-pub(super) fn hold(conn: &Connection, req: &HoldRequest) -> Result<Hold, HoldError> {
+/// The committed balance, from the book or (read once) from the database.
+fn balance(b: &mut Batch<'_>, account_id: &str) -> Result<i64, StoreError> {
+    if let Some(balance) = b.book.balance(account_id) {
+        return Ok(balance);
+    }
+    let (balance, _) = balance_and_held(b.conn(), account_id)?;
+    b.book.set_balance(account_id, balance);
+    Ok(balance)
+}
+
+/// The key's committed `(limit_period_start, limit_spent)`, from the book or the database.
+fn key_spent(b: &mut Batch<'_>, key_id: &str) -> Result<(i64, i64), StoreError> {
+    if let Some(spent) = b.book.key_spent(key_id) {
+        return Ok(spent);
+    }
+    let spent: (i64, i64) = b
+        .conn()
+        .prepare_cached("SELECT limit_period_start, limit_spent FROM api_keys WHERE id = ?1")
+        .and_then(|mut s| {
+            s.query_row([key_id], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()
+        })
+        .map_err(db)?
+        .ok_or(StoreError::NotFound("key"))?;
+    b.book.set_key_spent(key_id, spent.0, spent.1);
+    Ok(spent)
+}
+
+/// Places a hold in the book. Only the free tier's hourly counter touches the database.
+pub(super) fn hold(b: &mut Batch<'_>, req: &HoldRequest) -> Result<Hold, HoldError> {
     let now = millis(req.now);
-    let (balance, held) = balance_and_held(conn, &req.account_id)?;
+    let balance = balance(b, &req.account_id)?;
+    let held = b.book.held(&req.account_id);
     if let Some(check) = req.free_tier {
-        let in_flight: i64 = conn
-            .prepare_cached("SELECT COUNT(*) FROM holds WHERE account_id = ?1 AND lease_until > ?2")
-            .and_then(|mut s| s.query_row(params![req.account_id, now], |r| r.get(0)))
-            .map_err(db)?;
-        let window = now - HOUR_MS;
-        let (recent, oldest): (i64, Option<i64>) = conn
-            .prepare_cached(
-                "SELECT COUNT(*), MIN(at) FROM free_requests WHERE account_id = ?1 AND at > ?2",
-            )
-            .and_then(|mut s| {
-                s.query_row(params![req.account_id, window], |r| {
-                    Ok((r.get(0)?, r.get(1)?))
-                })
-            })
-            .map_err(db)?;
-        reserve::free_tier(check, in_flight, recent, oldest, now)?;
-        conn.prepare_cached("DELETE FROM free_requests WHERE account_id = ?1 AND at <= ?2")
-            .and_then(|mut s| s.execute(params![req.account_id, window]))
-            .map_err(db)?;
-        conn.prepare_cached("INSERT INTO free_requests (account_id, at) VALUES (?1, ?2)")
-            .and_then(|mut s| s.execute(params![req.account_id, now]))
-            .map_err(db)?;
+        let in_flight = b.book.in_flight(&req.account_id, now);
+        b.write(|conn| free_request(conn, check, &req.account_id, in_flight, now))?;
     }
     let key = match req.key_limit {
         None => None,
         Some((limit, start)) => {
-            let (period, spent, key_held): (i64, i64, i64) = conn
-                .prepare_cached(
-                    "SELECT limit_period_start, limit_spent, held FROM api_keys WHERE id = ?1",
-                )
-                .and_then(|mut s| {
-                    s.query_row([&req.key_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-                })
-                .map_err(db)?;
-            let spent = if period == millis(start) { spent } else { 0 };
+            let (period, spent) = key_spent(b, &req.key_id)?;
             Some(KeyRoom {
                 threshold: limit.threshold.0,
-                spent,
-                held: key_held,
+                spent: if period == millis(start) { spent } else { 0 },
+                held: b.book.key_held(&req.key_id),
             })
         }
     };
     let amount = reserve::amount(balance, held, key, req.min, req.max)?;
-    if let Some((_, start)) = req.key_limit {
-        conn.prepare_cached(
-            "UPDATE api_keys SET held = held + ?1, limit_spent = CASE WHEN limit_period_start = ?2 THEN limit_spent ELSE 0 END, limit_period_start = ?2 WHERE id = ?3",
-        )
-        .and_then(|mut s| s.execute(params![amount, millis(start), req.key_id]))
-        .map_err(db)?;
+    if b.book.contains(&req.id) {
+        return Err(StoreError::Conflict("hold id").into());
     }
-    if amount > 0 {
-        conn.prepare_cached("UPDATE accounts SET held = held + ?1 WHERE id = ?2")
-            .and_then(|mut s| s.execute(params![amount, req.account_id]))
-            .map_err(db)?;
-    }
-    conn.prepare_cached(
-        "INSERT INTO holds (id, account_id, key_id, key_limited, node_id, amount, created_at, lease_until) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-    )
-    .and_then(|mut s| {
-        s.execute(params![
-            req.id,
-            req.account_id,
-            req.key_id,
-            req.key_limit.is_some(),
-            req.node_id,
+    b.book.insert(
+        req.id.clone(),
+        LiveHold {
+            account_id: req.account_id.clone(),
+            key_id: req.key_id.clone(),
+            key_limited: req.key_limit.is_some(),
+            node_id: req.node_id.clone(),
             amount,
-            now,
-            millis(req.lease_until)
-        ])
-    })
-    .map_err(db)?;
+            lease_until: millis(req.lease_until),
+        },
+    );
     Ok(Hold {
         amount: Credits(amount),
     })
 }
 
-pub(super) fn settle(conn: &Connection, s: &Settlement, now: i64) -> Result<Settled, StoreError> {
-    let hold: Option<(String, bool, i64)> = conn
-        .prepare_cached("DELETE FROM holds WHERE id = ?1 RETURNING key_id, key_limited, amount")
-        .and_then(|mut st| {
-            st.query_row([&s.hold_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-                .optional()
-        })
+/// Admits one free-tier request against the rolling hour and counts it.
+fn free_request(
+    conn: &Connection,
+    check: FreeTierCheck,
+    account_id: &str,
+    in_flight: i64,
+    now: i64,
+) -> Result<(), HoldError> {
+    let window = now - HOUR_MS;
+    let (recent, oldest): (i64, Option<i64>) = conn
+        .prepare_cached(
+            "SELECT COUNT(*), MIN(at) FROM free_requests WHERE account_id = ?1 AND at > ?2",
+        )
+        .and_then(|mut s| s.query_row(params![account_id, window], |r| Ok((r.get(0)?, r.get(1)?))))
         .map_err(db)?;
-    let Some((key_id, key_limited, amount)) = hold else {
-        let done: Option<i64> = conn
+    reserve::free_tier(check, in_flight, recent, oldest, now)?;
+    conn.prepare_cached("DELETE FROM free_requests WHERE account_id = ?1 AND at <= ?2")
+        .and_then(|mut s| s.execute(params![account_id, window]))
+        .map_err(db)?;
+    conn.prepare_cached("INSERT INTO free_requests (account_id, at) VALUES (?1, ?2)")
+        .and_then(|mut s| s.execute(params![account_id, now]))
+        .map_err(db)?;
+    Ok(())
+}
+
+/// Charges a settlement and releases its hold: the charge and the key's spending are
+/// written; the book gives the hold back once they are.
+pub(super) fn settle(b: &mut Batch<'_>, s: &Settlement, now: i64) -> Result<Settled, StoreError> {
+    let Some(hold) = b.book.hold(&s.hold_id).cloned() else {
+        let done: Option<i64> = b
+            .conn()
             .prepare_cached("SELECT id FROM ledger WHERE idempotency_key = ?1")
             .and_then(|mut st| {
                 st.query_row([format!("usage:{}", s.hold_id)], |r| r.get(0))
@@ -243,29 +261,52 @@ pub(super) fn settle(conn: &Connection, s: &Settlement, now: i64) -> Result<Sett
             Settled::HoldGone
         });
     };
-    let (balance, held) = balance_and_held(conn, &s.account_id)?;
-    let charge = reserve::charge(s.charge, balance, held, amount);
-    if amount > 0 {
-        conn.prepare_cached("UPDATE accounts SET held = held - ?1 WHERE id = ?2")
-            .and_then(|mut st| st.execute(params![amount, s.account_id]))
+    let balance = balance(b, &s.account_id)?;
+    let charge = reserve::charge(s.charge, balance, b.book.held(&s.account_id), hold.amount);
+    let period = s.key_period_start.map(millis).unwrap_or(0);
+    let spent = if hold.key_limited {
+        let (stored_period, spent) = key_spent(b, &hold.key_id)?;
+        Some(if stored_period == period {
+            spent + charge
+        } else {
+            charge
+        })
+    } else {
+        None
+    };
+    let written = b.write(|conn| {
+        if let Some(spent) = spent {
+            conn.prepare_cached(
+                "UPDATE api_keys SET limit_spent = ?1, limit_period_start = ?2 WHERE id = ?3",
+            )
+            .and_then(|mut st| st.execute(params![spent, period, hold.key_id]))
             .map_err(db)?;
-    }
-    if key_limited {
-        let start = s.key_period_start.map(millis).unwrap_or(0);
-        conn.prepare_cached(
-            "UPDATE api_keys SET held = held - ?1, limit_spent = CASE WHEN limit_period_start = ?2 THEN limit_spent + ?3 ELSE ?3 END, limit_period_start = ?2 WHERE id = ?4",
-        )
-        .and_then(|mut st| st.execute(params![amount, start, charge, key_id]))
-        .map_err(db)?;
-    }
-    if charge > 0 {
-        let entry = LedgerWrite::model_usage(s, Credits(charge));
-        if append(conn, &entry, now)?.is_none() {
-            // Rolls this job back to its savepoint: the hold stays as it was.
-            return Err(StoreError::Conflict("idempotency key"));
         }
+        if charge == 0 {
+            return Ok(balance);
+        }
+        match append(conn, &LedgerWrite::model_usage(s, Credits(charge)), now)? {
+            Some(new_balance) => Ok(new_balance.0),
+            // Rolls this job back to its savepoint: the key's spending stays as it was.
+            None => Err(StoreError::Conflict("idempotency key")),
+        }
+    });
+    match written {
+        Ok(new_balance) => {
+            b.book.remove(&s.hold_id);
+            b.book.set_balance(&s.account_id, new_balance);
+            if let Some(spent) = spent {
+                b.book.set_key_spent(&hold.key_id, period, spent);
+            }
+            Ok(Settled::Charged(Credits(charge)))
+        }
+        Err(StoreError::Conflict("idempotency key")) => {
+            // The usage charge is already in the ledger: settled earlier.
+            b.book.remove(&s.hold_id);
+            Ok(Settled::AlreadySettled)
+        }
+        Err(e) => Err(e),
     }
-    Ok(Settled::Charged(Credits(charge)))
 }
 
 /// Releases the holds matching `filter` (a condition on `h` with `?1` bound to `arg`).
@@ -334,9 +375,18 @@ pub(super) fn record_usage(conn: &Connection, rows: &[UsageRecord]) -> Result<()
                 millis(r.created_at)
             ])
             .map_err(db)?;
-        touch
-            .execute(params![millis(r.created_at), r.key_id])
-            .map_err(db)?;
+    }
+    // One last-use update per key in the chunk, not one per row.
+    let mut last_use: Vec<(&str, i64)> = Vec::new();
+    for r in rows {
+        let at = millis(r.created_at);
+        match last_use.iter_mut().find(|(k, _)| *k == r.key_id) {
+            Some((_, t)) => *t = (*t).max(at),
+            None => last_use.push((&r.key_id, at)),
+        }
+    }
+    for (key_id, at) in last_use {
+        touch.execute(params![at, key_id]).map_err(db)?;
     }
     Ok(())
 }

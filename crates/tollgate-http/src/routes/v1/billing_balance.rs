@@ -22,7 +22,18 @@ pub async fn handle(
         )
         .into());
     }
-    let account = &who.account;
+    // The principal may come from the key cache: read the balance as it is now.
+    let account = state
+        .relay
+        .store()
+        .account(&who.account.id)
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "balance lookup failed");
+            Error::Internal
+        })?
+        .unwrap_or(who.account);
+    let account = &account;
     let threshold = state.relay.settings().low_balance_threshold;
     let low = account.balance < threshold;
     let (status, explanation) = if account.balance.0 <= 0 {

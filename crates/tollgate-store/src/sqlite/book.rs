@@ -1,0 +1,258 @@
+//! The serving process's live holds, and the balances and key-limit figures they are checked
+//! against, kept in memory.
+//!
+//! SQLite has one serving process (it takes the database's serve lock), so a hold needs no
+//! disk write: it lives here until it is settled or released, and a crash or restart releases
+//! every hold at once, exactly as SPEC asks of a restarting node. Balances and key spending
+//! are cached copies of committed rows; the combiner drops the copies whenever another
+//! connection has committed, so a check here always sees what the database says.
+
+use std::collections::HashMap;
+
+/// Above this many cached accounts or keys, idle entries (no live hold) are dropped.
+const CACHE_LIMIT: usize = 65_536;
+
+/// One live hold.
+#[derive(Debug, Clone)]
+pub(crate) struct LiveHold {
+    pub account_id: String,
+    pub key_id: String,
+    pub key_limited: bool,
+    pub node_id: String,
+    pub amount: i64,
+    pub lease_until: i64,
+}
+
+#[derive(Debug, Default)]
+struct AccountEntry {
+    /// The committed balance; `None` until read (or after another connection committed).
+    balance: Option<i64>,
+    held: i64,
+    holds: u32,
+}
+
+#[derive(Debug, Default)]
+struct KeyEntry {
+    /// `(limit_period_start, limit_spent)` as committed; `None` until read.
+    spent: Option<(i64, i64)>,
+    held: i64,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Book {
+    accounts: HashMap<String, AccountEntry>,
+    keys: HashMap<String, KeyEntry>,
+    holds: HashMap<String, LiveHold>,
+}
+
+/// An account's figures in the book.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct AccountFigures {
+    pub held: i64,
+    pub holds_sum: i64,
+    pub expired: i64,
+}
+
+impl Book {
+    /// Forgets every cached balance and key figure (another connection committed); live
+    /// holds stay.
+    pub fn forget_committed(&mut self) {
+        for a in self.accounts.values_mut() {
+            a.balance = None;
+        }
+        for k in self.keys.values_mut() {
+            k.spent = None;
+        }
+    }
+
+    pub fn balance(&self, account_id: &str) -> Option<i64> {
+        self.accounts.get(account_id).and_then(|a| a.balance)
+    }
+
+    pub fn set_balance(&mut self, account_id: &str, balance: i64) {
+        self.trim();
+        self.account_mut(account_id).balance = Some(balance);
+    }
+
+    pub fn held(&self, account_id: &str) -> i64 {
+        self.accounts.get(account_id).map_or(0, |a| a.held)
+    }
+
+    /// Live holds of the account whose lease has not ended at `now`.
+    pub fn in_flight(&self, account_id: &str, now: i64) -> i64 {
+        match self.accounts.get(account_id) {
+            Some(a) if a.holds > 0 => self
+                .holds
+                .values()
+                .filter(|h| h.account_id == account_id && h.lease_until > now)
+                .count() as i64,
+            _ => 0,
+        }
+    }
+
+    pub fn key_spent(&self, key_id: &str) -> Option<(i64, i64)> {
+        self.keys.get(key_id).and_then(|k| k.spent)
+    }
+
+    pub fn set_key_spent(&mut self, key_id: &str, period_start: i64, spent: i64) {
+        self.trim();
+        self.keys.entry(key_id.to_owned()).or_default().spent = Some((period_start, spent));
+    }
+
+    pub fn key_held(&self, key_id: &str) -> i64 {
+        self.keys.get(key_id).map_or(0, |k| k.held)
+    }
+
+    pub fn hold(&self, id: &str) -> Option<&LiveHold> {
+        self.holds.get(id)
+    }
+
+    /// Whether a hold with this id is live.
+    pub fn contains(&self, id: &str) -> bool {
+        self.holds.contains_key(id)
+    }
+
+    pub fn insert(&mut self, id: String, hold: LiveHold) {
+        let account = self.account_mut(&hold.account_id);
+        account.held += hold.amount;
+        account.holds += 1;
+        if hold.key_limited {
+            self.keys.entry(hold.key_id.clone()).or_default().held += hold.amount;
+        }
+        self.holds.insert(id, hold);
+    }
+
+    /// Removes a hold and gives back what it reserved.
+    pub fn remove(&mut self, id: &str) -> Option<LiveHold> {
+        let hold = self.holds.remove(id)?;
+        if let Some(a) = self.accounts.get_mut(&hold.account_id) {
+            a.held -= hold.amount;
+            a.holds -= 1;
+        }
+        if hold.key_limited {
+            if let Some(k) = self.keys.get_mut(&hold.key_id) {
+                k.held -= hold.amount;
+            }
+        }
+        Some(hold)
+    }
+
+    /// Removes every hold `matches` selects; returns how many.
+    pub fn remove_where(&mut self, matches: impl Fn(&LiveHold) -> bool) -> u64 {
+        let ids: Vec<String> = self
+            .holds
+            .iter()
+            .filter(|(_, h)| matches(h))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &ids {
+            self.remove(id);
+        }
+        ids.len() as u64
+    }
+
+    /// Per account: the held total, the sum of its live holds (counted independently), and
+    /// how many of them outlived their lease at `now`.
+    pub fn figures(&self, now: i64) -> HashMap<&str, AccountFigures> {
+        let mut out: HashMap<&str, AccountFigures> = HashMap::new();
+        for (id, a) in &self.accounts {
+            if a.held != 0 || a.holds != 0 {
+                out.insert(
+                    id,
+                    AccountFigures {
+                        held: a.held,
+                        holds_sum: 0,
+                        expired: 0,
+                    },
+                );
+            }
+        }
+        for h in self.holds.values() {
+            let f = out.entry(h.account_id.as_str()).or_insert(AccountFigures {
+                held: 0,
+                holds_sum: 0,
+                expired: 0,
+            });
+            f.holds_sum += h.amount;
+            f.expired += i64::from(h.lease_until < now);
+        }
+        out
+    }
+
+    fn account_mut(&mut self, account_id: &str) -> &mut AccountEntry {
+        if !self.accounts.contains_key(account_id) {
+            self.accounts
+                .insert(account_id.to_owned(), AccountEntry::default());
+        }
+        self.accounts
+            .get_mut(account_id)
+            .expect("the entry was just inserted")
+    }
+
+    /// Keeps the caches bounded: past the limit, entries without live holds go.
+    fn trim(&mut self) {
+        if self.accounts.len() > CACHE_LIMIT {
+            self.accounts.retain(|_, a| a.holds > 0 || a.held != 0);
+        }
+        if self.keys.len() > CACHE_LIMIT {
+            self.keys.retain(|_, k| k.held != 0);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn live(account: &str, key: &str, limited: bool, amount: i64, lease_until: i64) -> LiveHold {
+        LiveHold {
+            account_id: account.into(),
+            key_id: key.into(),
+            key_limited: limited,
+            node_id: "n".into(),
+            amount,
+            lease_until,
+        }
+    }
+
+    #[test]
+    fn holds_add_up_and_give_back_on_removal() {
+        let mut b = Book::default();
+        b.set_balance("a", 1_000);
+        b.insert("h1".into(), live("a", "k", true, 300, 10));
+        b.insert("h2".into(), live("a", "k", false, 200, 20));
+        assert_eq!((b.held("a"), b.key_held("k")), (500, 300));
+        assert_eq!(b.in_flight("a", 15), 1);
+        let f = b.figures(15)["a"];
+        assert_eq!((f.held, f.holds_sum, f.expired), (500, 500, 1));
+        assert_eq!(b.remove("h1").map(|h| h.amount), Some(300));
+        assert!(b.remove("h1").is_none());
+        assert_eq!((b.held("a"), b.key_held("k")), (200, 0));
+        assert_eq!(b.remove_where(|h| h.node_id == "n"), 1);
+        assert_eq!(b.held("a"), 0);
+        assert!(!b.figures(0).contains_key("a"));
+    }
+
+    #[test]
+    fn forgetting_committed_figures_keeps_live_holds() {
+        let mut b = Book::default();
+        b.set_balance("a", 1_000);
+        b.set_key_spent("k", 5, 7);
+        b.insert("h".into(), live("a", "k", true, 100, 10));
+        b.forget_committed();
+        assert_eq!((b.balance("a"), b.key_spent("k")), (None, None));
+        assert_eq!((b.held("a"), b.key_held("k")), (100, 100));
+        assert!(b.contains("h"));
+    }
+
+    #[test]
+    fn the_cache_is_bounded_but_never_drops_a_held_account() {
+        let mut b = Book::default();
+        b.insert("h".into(), live("held", "k", false, 1, 10));
+        for i in 0..=CACHE_LIMIT + 1 {
+            b.set_balance(&format!("idle{i}"), 1);
+        }
+        assert!(b.accounts.len() <= CACHE_LIMIT + 1);
+        assert_eq!(b.held("held"), 1);
+    }
+}

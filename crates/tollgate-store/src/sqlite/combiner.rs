@@ -1,0 +1,289 @@
+//! The write side of the SQLite store: one write connection and the book of live holds,
+//! used by whichever caller finds them free (flat combining), with group commit.
+//!
+//! A caller queues its job and tries to take the write state. The one that gets it runs
+//! every queued job, its own and the others', in one transaction, commits, and answers each
+//! job after the commit; callers that did not get it simply wait for their answer. There is
+//! no writer thread to wake: alone, a request runs its own job on its own thread at once;
+//! under load, jobs queued while one batch commits share the next commit.
+//!
+//! A job reaches the database only through [`Batch::write`], each call inside its own
+//! savepoint, and the transaction begins at the first such call: a batch of memory-only
+//! jobs (holds) commits nothing. A job's result reaches its caller only after the
+//! transaction that contains it committed, so no caller sees a write that could roll back.
+//!
+//! Jobs come in two lanes. Request-path jobs always go first and commit together;
+//! background jobs (usage-log chunks) run one per transaction when no request job waits.
+
+use super::book::Book;
+use rusqlite::Connection;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use tokio::sync::oneshot;
+use tollgate_core::store::StoreError;
+
+/// Most jobs in one transaction.
+const MAX_BATCH: usize = 256;
+
+/// Called after the commit with its outcome; sends the job's result to its caller.
+type Completion = Box<dyn FnOnce(Option<&str>) + Send>;
+type Job = Box<dyn FnOnce(&mut Batch<'_>) -> Completion + Send>;
+
+/// Which queue a job joins.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Lane {
+    /// On a request's path: first, group-committed.
+    Request,
+    /// Off the path: one per transaction, when the request lane is empty.
+    Background,
+}
+
+struct State {
+    conn: Connection,
+    book: Book,
+    /// The write connection's `PRAGMA data_version` when last read: it changes only when
+    /// another connection (another process) commits.
+    data_version: i64,
+}
+
+#[derive(Default)]
+struct Queues {
+    request: Vec<Job>,
+    background: VecDeque<Job>,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    queues: Mutex<Queues>,
+    /// Bumped whenever committed rows may have changed outside the book's knowledge; caches
+    /// of committed rows (the key cache) compare it.
+    epoch: Arc<AtomicU64>,
+}
+
+#[derive(Clone)]
+pub(crate) struct Combiner {
+    shared: Arc<Shared>,
+}
+
+/// What a job sees: the book, and the write connection through savepoints.
+pub(crate) struct Batch<'a> {
+    conn: &'a Connection,
+    pub book: &'a mut Book,
+    txn: Txn,
+}
+
+enum Txn {
+    NotBegun,
+    Open,
+    Failed(String),
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A job that panicked left no half-done state behind: every job's database writes are
+    // in a savepoint, and the book is updated only after they succeeded.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Combiner {
+    pub fn new(conn: Connection, epoch: Arc<AtomicU64>) -> Self {
+        let data_version = read_data_version(&conn).unwrap_or(0);
+        Self {
+            shared: Arc::new(Shared {
+                state: Mutex::new(State {
+                    conn,
+                    book: Book::default(),
+                    data_version,
+                }),
+                queues: Mutex::new(Queues::default()),
+                epoch,
+            }),
+        }
+    }
+
+    /// Runs `f` in the request lane and returns its result once its batch committed.
+    pub async fn run<T, E, F>(&self, f: F) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+        F: FnOnce(&mut Batch<'_>) -> Result<T, E> + Send + 'static,
+    {
+        self.run_in(Lane::Request, f).await
+    }
+
+    /// Like [`Combiner::run`], in the chosen lane.
+    pub async fn run_in<T, E, F>(&self, lane: Lane, f: F) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+        F: FnOnce(&mut Batch<'_>) -> Result<T, E> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel::<Result<T, E>>();
+        let job: Job = Box::new(move |batch| {
+            let outcome = f(batch);
+            Box::new(move |commit_error: Option<&str>| {
+                let result = match (commit_error, outcome) {
+                    (Some(e), Ok(_)) => {
+                        Err(StoreError::Database(format!("commit failed: {e}")).into())
+                    }
+                    (_, outcome) => outcome,
+                };
+                let _ = tx.send(result);
+            })
+        });
+        {
+            let mut q = lock(&self.shared.queues);
+            match lane {
+                Lane::Request => q.request.push(job),
+                Lane::Background => q.background.push_back(job),
+            }
+        }
+        self.combine();
+        rx.await
+            .map_err(|_| StoreError::Database("the SQLite writer dropped a job".into()))?
+    }
+
+    /// Runs queued jobs while the write state is free and jobs wait. Whoever holds the state
+    /// looks at the queue again after letting it go, so no queued job is left behind.
+    fn combine(&self) {
+        loop {
+            let Ok(mut state) = self.shared.state.try_lock() else {
+                return;
+            };
+            loop {
+                let jobs = {
+                    let mut q = lock(&self.shared.queues);
+                    if !q.request.is_empty() {
+                        let n = q.request.len().min(MAX_BATCH);
+                        q.request.drain(..n).collect::<Vec<_>>()
+                    } else if let Some(job) = q.background.pop_front() {
+                        vec![job]
+                    } else {
+                        break;
+                    }
+                };
+                self.run_batch(&mut state, jobs);
+            }
+            drop(state);
+            let q = lock(&self.shared.queues);
+            if q.request.is_empty() && q.background.is_empty() {
+                return;
+            }
+        }
+    }
+
+    fn run_batch(&self, state: &mut State, jobs: Vec<Job>) {
+        let State {
+            conn,
+            book,
+            data_version,
+        } = state;
+        match read_data_version(conn) {
+            Ok(v) if v != *data_version => {
+                *data_version = v;
+                book.forget_committed();
+                self.shared.epoch.fetch_add(1, Ordering::Release);
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "reading the SQLite data version failed"),
+        }
+        let mut batch = Batch {
+            conn,
+            book,
+            txn: Txn::NotBegun,
+        };
+        let completions: Vec<Completion> = jobs.into_iter().map(|job| job(&mut batch)).collect();
+        let error = match batch.txn {
+            Txn::NotBegun => None,
+            Txn::Failed(e) => Some(e),
+            Txn::Open => match run_cached(conn, "COMMIT") {
+                Ok(()) => None,
+                Err(e) => {
+                    let e = e.to_string();
+                    tracing::error!(error = %e, "SQLite commit failed; rolling back");
+                    let _ = conn.execute_batch("ROLLBACK");
+                    // The book already counted this batch's writes: read them again.
+                    book.forget_committed();
+                    Some(e)
+                }
+            },
+        };
+        for done in completions {
+            done(error.as_deref());
+        }
+    }
+
+    /// Runs `f` while no batch runs (jobs queue meanwhile), then runs what queued.
+    pub fn pause_writes<R>(&self, f: impl FnOnce() -> R) -> R {
+        let state = lock(&self.shared.state);
+        let result = f();
+        drop(state);
+        self.combine();
+        result
+    }
+
+    /// Looks every `every` for commits by other connections (an empty job: each batch
+    /// looks), so the epoch follows them even when no request writes. Stops with the store.
+    pub fn watch_outside_commits(&self, every: std::time::Duration) {
+        let weak = Arc::downgrade(&self.shared);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(shared) = weak.upgrade() else { return };
+                let combiner = Combiner { shared };
+                let _ = combiner.run(|_| Ok::<_, StoreError>(())).await;
+            }
+        });
+    }
+}
+
+impl Batch<'_> {
+    /// Runs `f` inside its own savepoint of the batch's write transaction, beginning the
+    /// transaction on first use. An `Err` from `f` rolls back only `f`'s own writes.
+    pub fn write<T, E, F>(&mut self, f: F) -> Result<T, E>
+    where
+        E: From<StoreError>,
+        F: FnOnce(&Connection) -> Result<T, E>,
+    {
+        if let Txn::NotBegun = self.txn {
+            self.txn = match run_cached(self.conn, "BEGIN IMMEDIATE") {
+                Ok(()) => Txn::Open,
+                Err(e) => {
+                    tracing::error!(error = %e, "SQLite write transaction could not begin");
+                    Txn::Failed(e.to_string())
+                }
+            };
+        }
+        if let Txn::Failed(e) = &self.txn {
+            return Err(StoreError::Database(e.clone()).into());
+        }
+        let sql = |s: &str| run_cached(self.conn, s).map_err(|e| E::from(super::db(e)));
+        sql("SAVEPOINT job")?;
+        match f(self.conn) {
+            Ok(v) => {
+                sql("RELEASE job")?;
+                Ok(v)
+            }
+            Err(e) => {
+                sql("ROLLBACK TO job")?;
+                sql("RELEASE job")?;
+                Err(e)
+            }
+        }
+    }
+
+    /// The write connection for reads: it sees every committed row, its own and others'.
+    pub fn conn(&self) -> &Connection {
+        self.conn
+    }
+}
+
+/// Runs a parameterless statement through the statement cache (no re-parsing per batch).
+fn run_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(drop)
+}
+
+fn read_data_version(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.prepare_cached("PRAGMA data_version")?
+        .query_row([], |r| r.get(0))
+}
