@@ -7,12 +7,14 @@
 //! - `extract/`: bearer key and size-limited body extractors.
 //! - `middleware/`: request ids and the error-body finisher.
 //! - `routes/`: one file per endpoint, named after its path.
+//! - [`server`]: the connection loop (buffer limits, header deadline, graceful drain).
 
 pub mod error;
 mod extract;
 mod middleware;
 pub mod router;
 mod routes;
+pub mod server;
 pub mod state;
 
 pub use router::router;

@@ -4,6 +4,7 @@
 //! - [`adapter`]: the [`ChatProvider`] trait and the call/reply types every adapter speaks.
 //! - [`error`]: what can go wrong upstream, classified once for routing and billing.
 //! - [`sse`]: the one server-sent-events decoder all streaming adapters share.
+//! - [`http`]: the outbound HTTP client (hyper, rustls, pooled connections).
 //! - [`openai_compat`]: OpenAI and every service speaking its wire format (vendors are data).
 //! - [`demo`]: the built-in offline provider with deterministic output.
 //! - [`registry`]: provider ids to adapters.
@@ -11,6 +12,7 @@
 pub mod adapter;
 pub mod demo;
 pub mod error;
+pub mod http;
 pub mod openai_compat;
 pub mod registry;
 pub mod sse;

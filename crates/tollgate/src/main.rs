@@ -12,6 +12,7 @@ use std::process::ExitCode;
 
 /// jemalloc for Rust and (unprefixed) for SQLite: glibc's allocator made every request pay
 /// for arena lock contention between the runtime's threads.
+#[cfg(feature = "jemalloc")]
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

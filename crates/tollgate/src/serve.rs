@@ -2,7 +2,6 @@
 
 use crate::config::Config;
 use crate::wiring;
-use axum::serve::ListenerExt;
 use std::time::Duration;
 use tokio_util::task::TaskTracker;
 use tollgate_core::relay::Relay;
@@ -38,26 +37,20 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
 
     let reaper = tokio::spawn(reap(store.clone(), config.reaper_interval));
     tracing::info!(%addr, node = %config.settings.node_id, database = %redact(&config.database_url), "tollgate listening on http://{addr}");
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "could not set TCP_NODELAY");
-        }
-    });
-
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = stop_rx.await;
-            })
+        let stop = async {
+            let _ = stop_rx.await;
+        };
+        tollgate_http::server::serve(listener, app, stop)
             .await
+            .await;
     });
     shutdown_signal().await;
     tracing::info!(grace = ?config.shutdown_grace, "shutting down: no new connections; finishing in-flight requests");
     let _ = stop_tx.send(());
     match tokio::time::timeout(config.shutdown_grace, server).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(e))) => tracing::error!(error = %e, "server error"),
+        Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::error!(error = %e, "server task failed"),
         Err(_) => tracing::warn!("grace period over; remaining connections are cut (their holds are released or charged for what was delivered)"),
     }

@@ -1,38 +1,53 @@
 //! OpenAI error bodies and transport failures, as [`ProviderError`]s.
 
 use crate::error::{Deadline, ProviderError};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
 use serde_json::Value;
 
 /// Most of an upstream error body kept in a message.
 const MAX_MESSAGE: usize = 500;
 
-pub(super) fn from_reqwest(e: &reqwest::Error) -> ProviderError {
-    if e.is_timeout() {
+/// A request that got no response: the connection failed, timed out or closed first.
+pub(super) fn from_client(e: &hyper_util::client::legacy::Error) -> ProviderError {
+    if crate::http::is_connect_timeout(e) {
         ProviderError::Timeout(Deadline::Connect)
     } else if e.is_connect() {
-        ProviderError::Connect(e.to_string())
-    } else if e.is_body() || e.is_decode() {
-        ProviderError::Cut
+        ProviderError::Connect(describe(e))
     } else {
-        ProviderError::Connect(e.to_string())
+        // Connected, then the upstream closed or broke the connection before a response.
+        ProviderError::Cut
     }
+}
+
+/// The error with its causes, which is where hyper says what actually went wrong.
+fn describe(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }
 
 /// Reads an OpenAI error body (`{"error": {"message": ...}}`) from a non-2xx response.
 pub(super) async fn from_response(
-    response: reqwest::Response,
+    response: hyper::Response<Incoming>,
     deadline: tokio::time::Instant,
 ) -> ProviderError {
     let status = response.status().as_u16();
     let retry_after = response
         .headers()
-        .get(reqwest::header::RETRY_AFTER)
+        .get(hyper::header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse().ok());
-    let body = tokio::time::timeout_at(deadline, response.bytes())
+    let body = tokio::time::timeout_at(deadline, response.into_body().collect())
         .await
         .ok()
         .and_then(Result::ok)
+        .map(http_body_util::Collected::to_bytes)
         .unwrap_or_default();
     let message = serde_json::from_slice::<Value>(&body)
         .ok()

@@ -5,6 +5,11 @@ mod stream;
 
 use crate::adapter::{ChatCall, ChatProvider, ChatReply};
 use crate::error::{Deadline, ProviderError};
+use crate::http::{self, HttpClient};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::header::{HeaderValue, ACCEPT_ENCODING, AUTHORIZATION, CONTENT_TYPE};
+use hyper::Uri;
 use serde_json::Value;
 use std::time::Duration;
 use tollgate_protocol::openai::Usage;
@@ -12,25 +17,29 @@ use tollgate_protocol::openai::Usage;
 /// One OpenAI-compatible endpoint: where it is and how to authenticate.
 #[derive(Clone)]
 pub struct OpenAiCompat {
-    client: reqwest::Client,
-    chat_url: String,
-    api_key: String,
+    client: HttpClient,
+    chat_url: Uri,
+    authorization: HeaderValue,
 }
 
 impl OpenAiCompat {
     /// `base_url` is the API root that `/chat/completions` is appended to
     /// (for OpenAI, `https://api.openai.com/v1`).
     pub fn new(base_url: &str, api_key: String, connect_timeout: Duration) -> Result<Self, String> {
-        let client = reqwest::Client::builder()
-            .tcp_nodelay(true)
-            .connect_timeout(connect_timeout)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build()
-            .map_err(|e| e.to_string())?;
+        let url = format!("{}/chat/completions", base_url.trim_end_matches('/'));
+        let chat_url: Uri = url
+            .parse()
+            .map_err(|e| format!("`{url}` is not a URL: {e}"))?;
+        if !matches!(chat_url.scheme_str(), Some("http" | "https")) {
+            return Err(format!("`{url}` is not an http:// or https:// URL"));
+        }
+        let mut authorization = HeaderValue::from_str(&format!("Bearer {api_key}"))
+            .map_err(|_| "the API key contains characters a header cannot carry".to_owned())?;
+        authorization.set_sensitive(true);
         Ok(Self {
-            client,
-            chat_url: format!("{}/chat/completions", base_url.trim_end_matches('/')),
-            api_key,
+            client: http::client(connect_timeout),
+            chat_url,
+            authorization,
         })
     }
 }
@@ -40,20 +49,22 @@ impl ChatProvider for OpenAiCompat {
     async fn chat(&self, call: ChatCall) -> Result<ChatReply, ProviderError> {
         let started = tokio::time::Instant::now();
         let deadline = started + call.timeouts.total;
-        let request = self
-            .client
-            .post(&self.chat_url)
-            .bearer_auth(&self.api_key)
-            .header(reqwest::header::ACCEPT_ENCODING, "identity")
-            .json(&call.body)
-            .send();
+        let body = serde_json::to_vec(&call.body)
+            .map_err(|e| ProviderError::Invalid(format!("request body: {e}")))?;
+        let request = hyper::Request::post(self.chat_url.clone())
+            .header(AUTHORIZATION, self.authorization.clone())
+            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+            .header(ACCEPT_ENCODING, HeaderValue::from_static("identity"))
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| ProviderError::Invalid(format!("request: {e}")))?;
+        let request = self.client.request(request);
         let first_byte = call.timeouts.first_byte.min(call.timeouts.total);
         let response = match tokio::time::timeout(first_byte, request).await {
             Err(_) if first_byte < call.timeouts.total => {
                 return Err(ProviderError::Timeout(Deadline::FirstByte))
             }
             Err(_) => return Err(ProviderError::Timeout(Deadline::Total)),
-            Ok(Err(e)) => return Err(error::from_reqwest(&e)),
+            Ok(Err(e)) => return Err(error::from_client(&e)),
             Ok(Ok(r)) => r,
         };
         if !response.status().is_success() {
@@ -67,10 +78,10 @@ impl ChatProvider for OpenAiCompat {
                 deadline,
             )));
         }
-        let bytes = match tokio::time::timeout_at(deadline, response.bytes()).await {
+        let bytes = match tokio::time::timeout_at(deadline, response.into_body().collect()).await {
             Err(_) => return Err(ProviderError::Timeout(Deadline::Total)),
-            Ok(Err(e)) => return Err(error::from_reqwest(&e)),
-            Ok(Ok(b)) => b,
+            Ok(Err(_)) => return Err(ProviderError::Cut),
+            Ok(Ok(b)) => b.to_bytes(),
         };
         let body: Value = serde_json::from_slice(&bytes)
             .map_err(|e| ProviderError::Invalid(format!("response is not JSON: {e}")))?;

@@ -8,7 +8,7 @@ use serde_json::Value;
 use std::collections::VecDeque;
 
 struct State {
-    body: futures::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
+    body: http_body_util::BodyDataStream<hyper::body::Incoming>,
     decoder: Decoder,
     pending: VecDeque<Result<Value, ProviderError>>,
     /// The first-byte deadline, until the first event arrives.
@@ -18,12 +18,12 @@ struct State {
 }
 
 pub(super) fn chunks(
-    response: reqwest::Response,
+    response: hyper::Response<hyper::body::Incoming>,
     first_event: tokio::time::Instant,
     deadline: tokio::time::Instant,
 ) -> ChunkStream {
     let state = State {
-        body: response.bytes_stream().boxed(),
+        body: http_body_util::BodyDataStream::new(response.into_body()),
         decoder: Decoder::new(),
         pending: VecDeque::new(),
         first_event: Some(first_event),
