@@ -15,8 +15,9 @@ use std::time::Duration;
 
 /// How often the WAL is copied back into the database file.
 const INTERVAL: Duration = Duration::from_millis(250);
-/// WAL size above which the checkpoint finishes with writes paused, so the WAL restarts.
-pub(crate) const RESTART_AT: u64 = 32 << 20;
+/// WAL size above which the checkpoint finishes with writes paused, so the WAL restarts. The
+/// pause costs a few milliseconds (the database file's fsync), so it is kept rare.
+pub(crate) const RESTART_AT: u64 = 256 << 20;
 
 /// Stops its thread when dropped.
 pub(crate) struct Checkpointer {

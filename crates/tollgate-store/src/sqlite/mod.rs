@@ -94,7 +94,7 @@ impl SqliteStore {
         // and fsync pages on a request's path; the checkpoint thread does that instead.
         conn.execute_batch(
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;
-             PRAGMA wal_autocheckpoint = 0; PRAGMA journal_size_limit = 33554432;",
+             PRAGMA wal_autocheckpoint = 0; PRAGMA journal_size_limit = 268435456;",
         )
         .map_err(|e| e.to_string())?;
         migrate::run(&conn).map_err(|e| format!("migrating {}: {e}", path.display()))?;
