@@ -173,20 +173,8 @@ impl Combiner {
     }
 
     fn run_batch(&self, state: &mut State, jobs: Vec<Job>) {
-        let State {
-            conn,
-            book,
-            data_version,
-        } = state;
-        match read_data_version(conn) {
-            Ok(v) if v != *data_version => {
-                *data_version = v;
-                book.forget_committed();
-                self.shared.epoch.fetch_add(1, Ordering::Release);
-            }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "reading the SQLite data version failed"),
-        }
+        self.look_outside(state);
+        let State { conn, book, .. } = state;
         let mut batch = Batch {
             conn,
             book,
@@ -211,6 +199,32 @@ impl Combiner {
         for done in completions {
             done(error.as_deref());
         }
+    }
+
+    /// Forgets cached committed figures and raises the epoch if another connection
+    /// committed since the last look.
+    fn look_outside(&self, state: &mut State) {
+        match read_data_version(&state.conn) {
+            Ok(v) if v != state.data_version => {
+                state.data_version = v;
+                state.book.forget_committed();
+                self.shared.epoch.fetch_add(1, Ordering::Release);
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "reading the SQLite data version failed"),
+        }
+    }
+
+    /// Brings the epoch up to date before a cached read. When a batch is running it has just
+    /// looked (at its start), so this only looks itself when the write path is idle.
+    pub fn refresh_epoch(&self) {
+        let Ok(mut state) = self.shared.state.try_lock() else {
+            return;
+        };
+        self.look_outside(&mut state);
+        drop(state);
+        // Jobs queued while this held the state are run by whoever looks next: this caller.
+        self.combine();
     }
 
     /// Runs `f` while no batch runs (jobs queue meanwhile), then runs what queued.

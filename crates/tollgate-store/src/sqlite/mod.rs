@@ -29,8 +29,8 @@ use tollgate_core::usage::UsageRecord;
 /// Usage-log rows written per background transaction.
 const USAGE_CHUNK: usize = 32;
 
-/// How often the store looks for commits made by other processes (the operator CLI), so
-/// cached keys and balances follow them.
+/// How often an idle store looks for commits made by other processes (the operator CLI);
+/// every write batch and every key lookup that finds the write path idle looks too.
 const OUTSIDE_COMMIT_CHECK: Duration = Duration::from_millis(250);
 
 pub struct SqliteStore {
@@ -220,6 +220,8 @@ impl Store for SqliteStore {
     }
 
     async fn key_by_hash(&self, hash: &str) -> Result<Option<(ApiKey, Account)>, StoreError> {
+        // A card added or a key disabled by an operator command a moment ago must count.
+        self.writer.refresh_epoch();
         if let Some(found) = self.keys.get(hash) {
             return Ok(Some(found));
         }
