@@ -4,8 +4,9 @@
 //! SQLite has one serving process (it takes the database's serve lock), so a hold needs no
 //! disk write: it lives here until it is settled or released, and a crash or restart releases
 //! every hold at once, exactly as SPEC asks of a restarting node. Balances and key spending
-//! are cached copies of committed rows; the combiner drops the copies whenever another
-//! connection has committed, so a check here always sees what the database says.
+//! are cached copies of committed rows; the combiner drops the copies once another
+//! connection has committed (it looks at least every millisecond the write path is used),
+//! so a check here sees what the database says.
 
 use std::collections::HashMap;
 

@@ -20,11 +20,14 @@ use rusqlite::Connection;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 use tollgate_core::store::StoreError;
 
 /// Most jobs in one transaction.
 const MAX_BATCH: usize = 256;
+/// Looks for outside commits at most this often (each look is a statement, a few µs).
+const LOOK_EVERY: Duration = Duration::from_millis(1);
 
 /// Called after the commit with its outcome; sends the job's result to its caller.
 type Completion = Box<dyn FnOnce(Option<&str>) + Send>;
@@ -45,6 +48,7 @@ struct State {
     /// The write connection's `PRAGMA data_version` when last read: it changes only when
     /// another connection (another process) commits.
     data_version: i64,
+    looked_at: Instant,
 }
 
 #[derive(Default)]
@@ -94,6 +98,7 @@ impl Combiner {
                     conn,
                     book: Book::default(),
                     data_version,
+                    looked_at: Instant::now(),
                 }),
                 queues: Mutex::new(Queues::default()),
                 epoch,
@@ -202,8 +207,13 @@ impl Combiner {
     }
 
     /// Forgets cached committed figures and raises the epoch if another connection
-    /// committed since the last look.
+    /// committed since the last look (looking at most every [`LOOK_EVERY`]).
     fn look_outside(&self, state: &mut State) {
+        let now = Instant::now();
+        if now.duration_since(state.looked_at) < LOOK_EVERY {
+            return;
+        }
+        state.looked_at = now;
         match read_data_version(&state.conn) {
             Ok(v) if v != state.data_version => {
                 state.data_version = v;
@@ -216,7 +226,8 @@ impl Combiner {
     }
 
     /// Brings the epoch up to date before a cached read. When a batch is running it has just
-    /// looked (at its start), so this only looks itself when the write path is idle.
+    /// looked (at its start), so this only looks itself when the write path is idle. Either
+    /// way, what another process committed counts within a millisecond.
     pub fn refresh_epoch(&self) {
         let Ok(mut state) = self.shared.state.try_lock() else {
             return;
