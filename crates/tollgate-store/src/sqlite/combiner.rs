@@ -83,6 +83,16 @@ enum Txn {
     Failed(String),
 }
 
+/// The write state if no one else has it. A panic in an earlier job poisons nothing that
+/// matters: an open transaction is rolled back at the next batch.
+fn try_lock(m: &Mutex<State>) -> Option<MutexGuard<'_, State>> {
+    match m.try_lock() {
+        Ok(guard) => Some(guard),
+        Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+        Err(std::sync::TryLockError::WouldBlock) => None,
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A job that panicked left no half-done state behind: every job's database writes are
     // in a savepoint, and the book is updated only after they succeeded.
@@ -152,7 +162,7 @@ impl Combiner {
     /// looks at the queue again after letting it go, so no queued job is left behind.
     fn combine(&self) {
         loop {
-            let Ok(mut state) = self.shared.state.try_lock() else {
+            let Some(mut state) = try_lock(&self.shared.state) else {
                 return;
             };
             loop {
@@ -178,6 +188,13 @@ impl Combiner {
     }
 
     fn run_batch(&self, state: &mut State, jobs: Vec<Job>) {
+        if !state.conn.is_autocommit() {
+            // A job panicked mid-batch and left its transaction open: undo it, and read the
+            // committed figures again.
+            tracing::error!("a SQLite write batch was interrupted; rolling it back");
+            let _ = state.conn.execute_batch("ROLLBACK");
+            state.book.forget_committed();
+        }
         self.look_outside(state);
         let State { conn, book, .. } = state;
         let mut batch = Batch {
@@ -229,7 +246,7 @@ impl Combiner {
     /// looked (at its start), so this only looks itself when the write path is idle. Either
     /// way, what another process committed counts within a millisecond.
     pub fn refresh_epoch(&self) {
-        let Ok(mut state) = self.shared.state.try_lock() else {
+        let Some(mut state) = try_lock(&self.shared.state) else {
             return;
         };
         self.look_outside(&mut state);
@@ -311,4 +328,119 @@ fn run_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
 fn read_data_version(conn: &Connection) -> rusqlite::Result<i64> {
     conn.prepare_cached("PRAGMA data_version")?
         .query_row([], |r| r.get(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open() -> (
+        tempfile::TempDir,
+        std::path::PathBuf,
+        Combiner,
+        Arc<AtomicU64>,
+    ) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("c.db");
+        let conn = Connection::open(&path).expect("open");
+        conn.execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE t (x INTEGER);")
+            .expect("schema");
+        let epoch = Arc::new(AtomicU64::new(0));
+        let combiner = Combiner::new(conn, epoch.clone());
+        (dir, path, combiner, epoch)
+    }
+
+    fn insert(c: &Combiner, x: i64, fail: bool) -> impl Future<Output = Result<(), StoreError>> {
+        let c = c.clone();
+        async move {
+            c.run(move |b| {
+                b.write(|conn| {
+                    conn.execute("INSERT INTO t (x) VALUES (?1)", [x])
+                        .map_err(super::super::db)?;
+                    if fail {
+                        return Err(StoreError::Conflict("test"));
+                    }
+                    Ok(())
+                })
+            })
+            .await
+        }
+    }
+
+    fn rows(path: &std::path::Path) -> Vec<i64> {
+        let conn = Connection::open(path).expect("open");
+        let mut st = conn.prepare("SELECT x FROM t ORDER BY x").expect("prepare");
+        let rows = st.query_map([], |r| r.get(0)).expect("query");
+        rows.map(|r| r.expect("row")).collect()
+    }
+
+    use std::future::Future;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn jobs_queued_together_share_a_commit_and_a_failing_one_rolls_back_alone() {
+        let (_dir, path, c, _) = open();
+        // Hold the write path while three jobs queue, so they run as one batch.
+        let held = c.clone();
+        let queued = c.clone();
+        let (paused_tx, paused_rx) = std::sync::mpsc::channel();
+        let pause = std::thread::spawn(move || {
+            held.pause_writes(|| {
+                paused_tx.send(()).expect("test alive");
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while lock(&queued.shared.queues).request.len() < 3 {
+                    assert!(Instant::now() < deadline, "jobs never queued");
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            })
+        });
+        paused_rx.recv().expect("the write path is paused");
+        let (a, b, d) = tokio::join!(
+            insert(&c, 1, false),
+            insert(&c, 2, true),
+            insert(&c, 3, false)
+        );
+        pause.join().expect("pause thread");
+        assert!(a.is_ok() && d.is_ok());
+        assert!(matches!(b, Err(StoreError::Conflict("test"))));
+        assert_eq!(rows(&path), vec![1, 3]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panicking_job_does_not_wedge_the_write_path() {
+        let (_dir, path, c, _) = open();
+        let panicking = c.clone();
+        let crashed = tokio::spawn(async move {
+            panicking
+                .run(|b| {
+                    b.write(|conn| {
+                        conn.execute("INSERT INTO t (x) VALUES (7)", [])
+                            .map_err(super::super::db)?;
+                        panic!("a job panics mid-write");
+                        #[allow(unreachable_code)]
+                        Ok::<(), StoreError>(())
+                    })
+                })
+                .await
+        })
+        .await;
+        assert!(crashed.is_err(), "the job's task panicked");
+        insert(&c, 8, false).await.expect("the next job runs");
+        assert_eq!(rows(&path), vec![8]);
+    }
+
+    #[tokio::test]
+    async fn commits_by_another_connection_raise_the_epoch() {
+        let (_dir, path, c, epoch) = open();
+        insert(&c, 1, false).await.expect("own write");
+        tokio::time::sleep(LOOK_EVERY * 2).await;
+        c.run(|_| Ok::<_, StoreError>(())).await.expect("empty job");
+        let before = epoch.load(Ordering::Acquire);
+        let other = Connection::open(&path).expect("open");
+        other
+            .execute("INSERT INTO t (x) VALUES (2)", [])
+            .expect("outside write");
+        tokio::time::sleep(LOOK_EVERY * 2).await;
+        c.run(|_| Ok::<_, StoreError>(())).await.expect("empty job");
+        assert_eq!(epoch.load(Ordering::Acquire), before + 1);
+    }
 }
