@@ -2,7 +2,13 @@
 
 use rusqlite::Connection;
 
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/sqlite/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../../migrations/sqlite/0001_init.sql")),
+    (
+        2,
+        include_str!("../../migrations/sqlite/0002_ledger_rowid.sql"),
+    ),
+];
 
 pub(super) fn run(conn: &Connection) -> rusqlite::Result<()> {
     conn.execute_batch(
