@@ -716,6 +716,27 @@ async fn settle_never_takes_the_balance_below_zero(h: Harness) {
     assert_books_clean(&h, Utc::now()).await;
 }
 
+/// Another process (an operator's deduction) lowers the balance while a hold is live: the
+/// settlement that follows at once charges at most what is left, never going below zero.
+async fn settle_sees_a_deduction_made_by_another_process_at_once(h: Harness) {
+    let acc = funded_account(&h, "ada", 1_000).await;
+    assert_eq!(hold_ok(&h, hold_req("inf-0", &acc, 100, 800)).await, 800);
+    h.raw
+        .exec(&format!(
+            "INSERT INTO ledger (account_id, direction, type, amount, idempotency_key, created_at)
+             VALUES ('{acc}', 'CHARGE', 'ADJUSTMENT', 900, 'outside-deduction', 0)"
+        ))
+        .await;
+    h.raw
+        .exec(&format!(
+            "UPDATE accounts SET balance = balance - 900 WHERE id = '{acc}'"
+        ))
+        .await;
+    assert_eq!(settle_ok(&h, settlement("inf-0", &acc, 800)).await, 100);
+    assert_eq!(books(&h, &acc).await, (0, 0));
+    assert_books_clean(&h, Utc::now()).await;
+}
+
 async fn settle_of_an_unknown_hold_is_gone(h: Harness) {
     let acc = funded_account(&h, "ada", 10_000).await;
     assert_eq!(
@@ -1297,6 +1318,7 @@ macro_rules! conformance {
             conformance!(@case $make, hold_reserves_up_to_max_and_settle_charges_once);
             conformance!(@case $make, hold_is_capped_by_available_credits);
             conformance!(@case $make, settle_never_takes_the_balance_below_zero);
+            conformance!(@case $make, settle_sees_a_deduction_made_by_another_process_at_once);
             conformance!(@case $make, settle_of_an_unknown_hold_is_gone);
             conformance!(@case $make, settle_without_charge_releases_the_hold_and_writes_nothing);
             conformance!(@case $make, concurrent_holds_never_overspend,

@@ -261,20 +261,25 @@ pub(super) fn settle(b: &mut Batch<'_>, s: &Settlement, now: i64) -> Result<Sett
             Settled::HoldGone
         });
     };
-    let balance = balance(b, &s.account_id)?;
-    let charge = reserve::charge(s.charge, balance, b.book.held(&s.account_id), hold.amount);
+    // The charge is computed from the balance as committed, read in the same transaction:
+    // an operator's deduction made a moment ago by another process must count here.
+    let live = b.book.held(&s.account_id);
     let period = s.key_period_start.map(millis).unwrap_or(0);
-    let spent = if hold.key_limited {
-        let (stored_period, spent) = key_spent(b, &hold.key_id)?;
-        Some(if stored_period == period {
-            spent + charge
-        } else {
-            charge
-        })
+    let stored_spent = if hold.key_limited {
+        Some(key_spent(b, &hold.key_id)?)
     } else {
         None
     };
     let written = b.write(|conn| {
+        let (balance, stored_held) = balance_and_held(conn, &s.account_id)?;
+        let charge = reserve::charge(s.charge, balance, live + stored_held, hold.amount);
+        let spent = stored_spent.map(|(stored_period, spent)| {
+            if stored_period == period {
+                spent + charge
+            } else {
+                charge
+            }
+        });
         if let Some(spent) = spent {
             conn.prepare_cached(
                 "UPDATE api_keys SET limit_spent = ?1, limit_period_start = ?2 WHERE id = ?3",
@@ -283,16 +288,16 @@ pub(super) fn settle(b: &mut Batch<'_>, s: &Settlement, now: i64) -> Result<Sett
             .map_err(db)?;
         }
         if charge == 0 {
-            return Ok(balance);
+            return Ok((balance, charge, spent));
         }
         match append(conn, &LedgerWrite::model_usage(s, Credits(charge)), now)? {
-            Some(new_balance) => Ok(new_balance.0),
+            Some(new_balance) => Ok((new_balance.0, charge, spent)),
             // Rolls this job back to its savepoint: the key's spending stays as it was.
             None => Err(StoreError::Conflict("idempotency key")),
         }
     });
     match written {
-        Ok(new_balance) => {
+        Ok((new_balance, charge, spent)) => {
             b.book.remove(&s.hold_id);
             b.book.set_balance(&s.account_id, new_balance);
             if let Some(spent) = spent {
