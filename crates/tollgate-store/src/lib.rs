@@ -1,7 +1,8 @@
 //! SQLite and PostgreSQL implementations of the store traits `tollgate-core` owns.
 //!
 //! Layout:
-//! - [`sqlite`]: the default, embedded store (rusqlite; one writer thread, group commit).
+//! - [`sqlite`]: the default, embedded store (rusqlite; one serving process, live holds in
+//!   memory, flat-combined group commit).
 //! - [`postgres`]: the shared multi-node store (sqlx; row locks in short transactions).
 //! - `reserve`: the hold and settlement arithmetic both share, so they cannot drift.
 //! - `rows`: conversions between stored and domain values, and shared SQL.
