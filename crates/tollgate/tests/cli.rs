@@ -277,12 +277,20 @@ fn a_priced_model_without_a_price_refuses_to_start() {
 fn the_openai_catalogue_prices_match_the_reference_price_table() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let table: Value = serde_json::from_str(
-        &std::fs::read_to_string(
-            root.join("../shared/reference/litellm-prices/model_prices_and_context_window.json"),
-        )
-        .unwrap(),
+        &std::fs::read_to_string(root.join("catalog/reference/litellm-openai-prices.json"))
+            .unwrap(),
     )
     .unwrap();
+    // Where the full reference table sits beside the repository, the excerpt must match it.
+    let full = root.join("../shared/reference/litellm-prices/model_prices_and_context_window.json");
+    if let Ok(text) = std::fs::read_to_string(full) {
+        let full: Value = serde_json::from_str(&text).unwrap();
+        for (model, entry) in table.as_object().unwrap() {
+            for (field, value) in entry.as_object().unwrap() {
+                assert_eq!(&full[model][field], value, "{model} {field}");
+            }
+        }
+    }
     let catalog: toml::Table =
         toml::from_str(&std::fs::read_to_string(root.join("catalog/openai.toml")).unwrap())
             .unwrap();
