@@ -26,8 +26,14 @@ pub struct Target {
 }
 
 impl Target {
-    /// A chat-completions request for `model`; `key` becomes the bearer token.
-    pub fn chat(addr: SocketAddr, key: Option<&str>, model: &str, stream: bool) -> Self {
+    /// A chat-completions request for `model`; `key` becomes the bearer token. Fails for a
+    /// key that no header can carry.
+    pub fn chat(
+        addr: SocketAddr,
+        key: Option<&str>,
+        model: &str,
+        stream: bool,
+    ) -> anyhow::Result<Self> {
         let mut req = serde_json::json!({
             "model": model,
             "messages": [{"role": "user", "content": "hello"}],
@@ -38,22 +44,21 @@ impl Target {
             req["stream_options"] = serde_json::json!({"include_usage": true});
         }
         let mut headers = HeaderMap::new();
-        headers.insert(
-            HOST,
-            HeaderValue::from_str(&addr.to_string()).expect("host"),
-        );
+        headers.insert(HOST, HeaderValue::try_from(addr.to_string())?);
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         if let Some(key) = key {
-            let v = HeaderValue::from_str(&format!("Bearer {key}")).expect("key is ASCII");
+            let v = HeaderValue::try_from(format!("Bearer {key}")).map_err(|_| {
+                anyhow::anyhow!("the API key contains characters a header cannot carry")
+            })?;
             headers.insert(AUTHORIZATION, v);
         }
-        Self {
+        Ok(Self {
             addr,
             stream,
             uri: Uri::from_static(PATH),
             headers,
             body: Bytes::from(req.to_string()),
-        }
+        })
     }
 
     fn request(&self) -> Request<Full<Bytes>> {

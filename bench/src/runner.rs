@@ -153,8 +153,8 @@ fn run_scenario(sc: &Scenario, p: &Profile, bin: &Path) -> anyhow::Result<Scenar
         if stream && sc.mock.chunk_delay_ms > 0 {
             continue;
         }
-        probe(&direct(stream)).context("probing the mock")?;
-        probe(&through(addr, stream)).context("probing tollgate")?;
+        probe(&direct(stream)?).context("probing the mock")?;
+        probe(&through(addr, stream)?).context("probing tollgate")?;
         replies += 1;
     }
     let idle = {
@@ -177,10 +177,10 @@ fn run_scenario(sc: &Scenario, p: &Profile, bin: &Path) -> anyhow::Result<Scenar
                 tg.serve(mock_addr, &dir.path().join(format!("tollgate-{rep}.log")))?;
         }
         for (ph, result) in sc.phases.iter().zip(&mut phases) {
-            let d = measure(ph, &direct(ph.stream), &mock, None);
+            let d = measure(ph, &direct(ph.stream)?, &mock, None);
             std::thread::sleep(pause);
             server.check_alive()?;
-            let t = measure(ph, &through(addr, ph.stream), &mock, Some(&server));
+            let t = measure(ph, &through(addr, ph.stream)?, &mock, Some(&server));
             std::thread::sleep(pause);
             server.check_alive()?;
             eprintln!(

@@ -142,7 +142,7 @@ pub fn all(p: &Profile, nofile: u64) -> Vec<Scenario> {
 
 fn mock(p: &Profile) -> MockArgs {
     MockArgs {
-        listen: "127.0.0.1:0".parse().expect("address"),
+        listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
         latency_us: 0,
         chunks: 16,
         chunk_delay_ms: 0,

@@ -59,7 +59,7 @@ pub fn run(a: LoadArgs) -> anyhow::Result<()> {
         a.key.as_deref(),
         &a.model,
         a.stream || matches!(a.mode, Mode::Slow),
-    );
+    )?;
     let (warmup, duration) = (
         Duration::from_secs_f64(a.warmup),
         Duration::from_secs_f64(a.duration),

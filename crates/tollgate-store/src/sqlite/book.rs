@@ -181,13 +181,7 @@ impl Book {
     }
 
     fn account_mut(&mut self, account_id: &str) -> &mut AccountEntry {
-        if !self.accounts.contains_key(account_id) {
-            self.accounts
-                .insert(account_id.to_owned(), AccountEntry::default());
-        }
-        self.accounts
-            .get_mut(account_id)
-            .expect("the entry was just inserted")
+        self.accounts.entry(account_id.to_owned()).or_default()
     }
 
     /// Keeps the caches bounded: past the limit, entries without live holds go.
