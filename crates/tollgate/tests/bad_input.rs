@@ -238,3 +238,32 @@ async fn missing_unknown_and_disabled_keys_get_401() {
         200
     );
 }
+
+#[tokio::test]
+async fn request_heads_over_16_kib_are_refused_with_431_and_the_server_stays_healthy() {
+    let db = TestDb::sqlite();
+    let server = Server::start(&db.url, &[]);
+    let key = account(&db.url, "heads@example.com", None);
+    let huge = client()
+        .get(server.url("/v1/models"))
+        .header("x-padding", "x".repeat(20 * 1024))
+        .send()
+        .await
+        .expect("a response, not a dropped connection");
+    assert_eq!(huge.status(), 431);
+    // Large but within the limit is served.
+    let large = client()
+        .get(server.url("/v1/models"))
+        .header("x-padding", "x".repeat(12 * 1024))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(large.status(), 200);
+    let ok = raw(
+        &server,
+        &key,
+        json!({"model": FREE, "messages": [{"role": "user", "content": "hi"}]}).to_string(),
+    )
+    .await;
+    assert_eq!(ok.status(), 200);
+}
