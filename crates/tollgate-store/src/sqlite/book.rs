@@ -28,6 +28,8 @@ pub(crate) struct LiveHold {
 struct AccountEntry {
     /// The committed balance; `None` until read (or after another connection committed).
     balance: Option<i64>,
+    /// The committed `accounts.held` (holds stored by an earlier version); `None` until read.
+    stored_held: Option<i64>,
     held: i64,
     holds: u32,
 }
@@ -60,6 +62,7 @@ impl Book {
     pub fn forget_committed(&mut self) {
         for a in self.accounts.values_mut() {
             a.balance = None;
+            a.stored_held = None;
         }
         for k in self.keys.values_mut() {
             k.spent = None;
@@ -73,6 +76,19 @@ impl Book {
     pub fn set_balance(&mut self, account_id: &str, balance: i64) {
         self.trim();
         self.account_mut(account_id).balance = Some(balance);
+    }
+
+    /// The committed `(balance, accounts.held)`, when both are known.
+    pub fn committed(&self, account_id: &str) -> Option<(i64, i64)> {
+        let a = self.accounts.get(account_id)?;
+        Some((a.balance?, a.stored_held?))
+    }
+
+    pub fn set_committed(&mut self, account_id: &str, balance: i64, stored_held: i64) {
+        self.trim();
+        let a = self.account_mut(account_id);
+        a.balance = Some(balance);
+        a.stored_held = Some(stored_held);
     }
 
     pub fn held(&self, account_id: &str) -> i64 {
@@ -97,7 +113,7 @@ impl Book {
 
     pub fn set_key_spent(&mut self, key_id: &str, period_start: i64, spent: i64) {
         self.trim();
-        self.keys.entry(key_id.to_owned()).or_default().spent = Some((period_start, spent));
+        self.key_mut(key_id).spent = Some((period_start, spent));
     }
 
     pub fn key_held(&self, key_id: &str) -> i64 {
@@ -118,7 +134,7 @@ impl Book {
         account.held += hold.amount;
         account.holds += 1;
         if hold.key_limited {
-            self.keys.entry(hold.key_id.clone()).or_default().held += hold.amount;
+            self.key_mut(&hold.key_id).held += hold.amount;
         }
         self.holds.insert(id, hold);
     }
@@ -181,7 +197,23 @@ impl Book {
     }
 
     fn account_mut(&mut self, account_id: &str) -> &mut AccountEntry {
-        self.accounts.entry(account_id.to_owned()).or_default()
+        // Look up first: the entry almost always exists, and the key need not be copied.
+        if !self.accounts.contains_key(account_id) {
+            self.accounts
+                .insert(account_id.to_owned(), AccountEntry::default());
+        }
+        self.accounts
+            .get_mut(account_id)
+            .expect("the entry was just ensured")
+    }
+
+    fn key_mut(&mut self, key_id: &str) -> &mut KeyEntry {
+        if !self.keys.contains_key(key_id) {
+            self.keys.insert(key_id.to_owned(), KeyEntry::default());
+        }
+        self.keys
+            .get_mut(key_id)
+            .expect("the entry was just ensured")
     }
 
     /// Keeps the caches bounded: past the limit, entries without live holds go.

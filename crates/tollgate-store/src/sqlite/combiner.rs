@@ -38,6 +38,10 @@ type Job = Box<dyn FnOnce(&mut Batch<'_>) -> Completion + Send>;
 pub(crate) enum Lane {
     /// On a request's path: first, group-committed.
     Request,
+    /// On a request's path, a job that commits (a settlement): it joins the request queue
+    /// but lets the other tasks of its thread run first, so that the settlements they reach
+    /// share its commit.
+    Commit,
     /// Off the path: one per transaction, when the request lane is empty.
     Background,
 }
@@ -75,6 +79,11 @@ pub(crate) struct Batch<'a> {
     conn: &'a Connection,
     pub book: &'a mut Book,
     txn: Txn,
+    data_version: &'a mut i64,
+    epoch: &'a AtomicU64,
+    /// Account balances settlements moved, written once per account before anything else
+    /// touches the database and before the commit.
+    balances: Vec<(String, i64)>,
 }
 
 enum Txn {
@@ -149,9 +158,12 @@ impl Combiner {
         {
             let mut q = lock(&self.shared.queues);
             match lane {
-                Lane::Request => q.request.push(job),
+                Lane::Request | Lane::Commit => q.request.push(job),
                 Lane::Background => q.background.push_back(job),
             }
+        }
+        if lane == Lane::Commit {
+            tokio::task::yield_now().await;
         }
         self.combine();
         rx.await
@@ -196,16 +208,31 @@ impl Combiner {
             state.book.forget_committed();
         }
         self.look_outside(state);
-        let State { conn, book, .. } = state;
+        let State {
+            conn,
+            book,
+            data_version,
+            ..
+        } = state;
         let mut batch = Batch {
             conn,
             book,
             txn: Txn::NotBegun,
+            data_version,
+            epoch: &self.shared.epoch,
+            balances: Vec::new(),
         };
         let completions: Vec<Completion> = jobs.into_iter().map(|job| job(&mut batch)).collect();
+        batch.flush_balances();
         let error = match batch.txn {
             Txn::NotBegun => None,
-            Txn::Failed(e) => Some(e),
+            Txn::Failed(e) => {
+                if !conn.is_autocommit() {
+                    let _ = conn.execute_batch("ROLLBACK");
+                }
+                book.forget_committed();
+                Some(e)
+            }
             Txn::Open => match run_cached(conn, "COMMIT") {
                 Ok(()) => None,
                 Err(e) => {
@@ -280,6 +307,35 @@ impl Combiner {
 }
 
 impl Batch<'_> {
+    /// Begins the batch's write transaction if it has not begun. Inside it no other
+    /// connection can commit, so once the data version is checked here the book's committed
+    /// figures are exact until the commit.
+    pub fn begin(&mut self) -> Result<(), StoreError> {
+        if let Txn::NotBegun = self.txn {
+            self.txn = match run_cached(self.conn, "BEGIN IMMEDIATE") {
+                Ok(()) => match read_data_version(self.conn) {
+                    Ok(v) => {
+                        if v != *self.data_version {
+                            *self.data_version = v;
+                            self.book.forget_committed();
+                            self.epoch.fetch_add(1, Ordering::Release);
+                        }
+                        Txn::Open
+                    }
+                    Err(e) => Txn::Failed(e.to_string()),
+                },
+                Err(e) => {
+                    tracing::error!(error = %e, "SQLite write transaction could not begin");
+                    Txn::Failed(e.to_string())
+                }
+            };
+        }
+        match &self.txn {
+            Txn::Failed(e) => Err(StoreError::Database(e.clone())),
+            _ => Ok(()),
+        }
+    }
+
     /// Runs `f` inside its own savepoint of the batch's write transaction, beginning the
     /// transaction on first use. An `Err` from `f` rolls back only `f`'s own writes.
     pub fn write<T, E, F>(&mut self, f: F) -> Result<T, E>
@@ -287,15 +343,8 @@ impl Batch<'_> {
         E: From<StoreError>,
         F: FnOnce(&Connection) -> Result<T, E>,
     {
-        if let Txn::NotBegun = self.txn {
-            self.txn = match run_cached(self.conn, "BEGIN IMMEDIATE") {
-                Ok(()) => Txn::Open,
-                Err(e) => {
-                    tracing::error!(error = %e, "SQLite write transaction could not begin");
-                    Txn::Failed(e.to_string())
-                }
-            };
-        }
+        self.begin()?;
+        self.flush_balances();
         if let Txn::Failed(e) = &self.txn {
             return Err(StoreError::Database(e.clone()).into());
         }
@@ -314,9 +363,64 @@ impl Batch<'_> {
         }
     }
 
-    /// The write connection for reads: it sees every committed row, its own and others'.
-    pub fn conn(&self) -> &Connection {
+    /// Runs `f` in the batch's write transaction without a savepoint of its own, for a job
+    /// whose statements fail only when the database does: an `Err` from `f` fails the whole
+    /// batch (it is rolled back and every job in it reports the error).
+    pub fn write_all_or_nothing<T>(
+        &mut self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.begin()?;
+        match f(self.conn) {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                self.fail(&e);
+                Err(e)
+            }
+        }
+    }
+
+    /// Sets an account's balance in the book and writes it before the commit (one update
+    /// per account however many settlements moved it). Call inside the write transaction.
+    pub fn defer_balance(&mut self, account_id: &str, balance: i64) {
+        self.book.set_balance(account_id, balance);
+        match self.balances.iter_mut().find(|(a, _)| a == account_id) {
+            Some((_, b)) => *b = balance,
+            None => self.balances.push((account_id.to_owned(), balance)),
+        }
+    }
+
+    /// The write connection for reads: it sees every committed row, its own and others',
+    /// and the balances this batch has moved so far.
+    pub fn conn(&mut self) -> &Connection {
+        self.flush_balances();
         self.conn
+    }
+
+    fn flush_balances(&mut self) {
+        if self.balances.is_empty() {
+            return;
+        }
+        let balances = std::mem::take(&mut self.balances);
+        let written = self
+            .conn
+            .prepare_cached("UPDATE accounts SET balance = ?1 WHERE id = ?2")
+            .and_then(|mut st| {
+                for (account, balance) in &balances {
+                    st.execute(rusqlite::params![balance, account])?;
+                }
+                Ok(())
+            });
+        if let Err(e) = written {
+            self.fail(&super::db(e));
+        }
+    }
+
+    fn fail(&mut self, e: &StoreError) {
+        tracing::error!(error = %e, "a SQLite write failed; the whole batch is rolled back");
+        if !matches!(self.txn, Txn::Failed(_)) {
+            self.txn = Txn::Failed(e.to_string());
+        }
     }
 }
 

@@ -92,8 +92,11 @@ impl SqliteStore {
             .map_err(|e| e.to_string())?;
         // No checkpoint on commit: a commit that crossed the WAL's size threshold would copy
         // and fsync pages on a request's path; the checkpoint thread does that instead.
+        // A new database gets 1 KiB pages: a settlement's commit rewrites a handful of pages
+        // (the account row and the right edges of the ledger's B-trees), and the WAL copies
+        // whole pages. The page size is fixed when the first table is created.
         conn.execute_batch(
-            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;
+            "PRAGMA page_size = 1024; PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;
              PRAGMA wal_autocheckpoint = 0; PRAGMA journal_size_limit = 268435456;",
         )
         .map_err(|e| e.to_string())?;
@@ -291,7 +294,9 @@ impl Store for SqliteStore {
 
     async fn settle(&self, s: Settlement) -> Result<Settled, StoreError> {
         self.writer
-            .run(move |b| ops::settle(b, &s, millis(Utc::now())))
+            .run_in(Lane::Commit, move |b| {
+                ops::settle(b, &s, millis(Utc::now()))
+            })
             .await
     }
 
@@ -304,6 +309,10 @@ impl Store for SqliteStore {
         self.writer
             .run(move |b| {
                 let stored = b.write(|c| ops::release_where(c, "h.node_id = ?1", &node))?;
+                if stored > 0 {
+                    // `accounts.held` moved: read the committed figures again.
+                    b.book.forget_committed();
+                }
                 Ok::<_, StoreError>(stored + b.book.remove_where(|h| h.node_id == node))
             })
             .await
@@ -314,6 +323,10 @@ impl Store for SqliteStore {
         self.writer
             .run(move |b| {
                 let stored = b.write(|c| ops::release_where(c, "h.lease_until < ?1", &now))?;
+                if stored > 0 {
+                    // `accounts.held` moved: read the committed figures again.
+                    b.book.forget_committed();
+                }
                 Ok::<_, StoreError>(stored + b.book.remove_where(|h| h.lease_until < now))
             })
             .await

@@ -11,12 +11,8 @@ use super::book::LiveHold;
 use super::combiner::Batch;
 use super::db;
 
-/// Appends a ledger entry and moves the balance. `None` when the idempotency key was used.
-pub(super) fn append(
-    conn: &Connection,
-    e: &LedgerWrite,
-    now: i64,
-) -> Result<Option<Credits>, StoreError> {
+/// Inserts a ledger entry; `false` when its idempotency key was already used.
+fn insert_entry(conn: &Connection, e: &LedgerWrite, now: i64) -> Result<bool, StoreError> {
     let inserted = conn
         .prepare_cached(
             "INSERT INTO ledger (account_id, direction, type, amount, model, reference_id, description, idempotency_key, created_at)
@@ -36,7 +32,16 @@ pub(super) fn append(
             ])
         })
         .map_err(db)?;
-    if inserted == 0 {
+    Ok(inserted == 1)
+}
+
+/// Appends a ledger entry and moves the balance. `None` when the idempotency key was used.
+pub(super) fn append(
+    conn: &Connection,
+    e: &LedgerWrite,
+    now: i64,
+) -> Result<Option<Credits>, StoreError> {
+    if !insert_entry(conn, e, now)? {
         return Ok(None);
     }
     let delta = match e.direction {
@@ -155,9 +160,17 @@ fn balance(b: &mut Batch<'_>, account_id: &str) -> Result<i64, StoreError> {
     if let Some(balance) = b.book.balance(account_id) {
         return Ok(balance);
     }
-    let (balance, _) = balance_and_held(b.conn(), account_id)?;
-    b.book.set_balance(account_id, balance);
-    Ok(balance)
+    Ok(committed(b, account_id)?.0)
+}
+
+/// The committed `(balance, accounts.held)`, from the book or (read once) from the database.
+fn committed(b: &mut Batch<'_>, account_id: &str) -> Result<(i64, i64), StoreError> {
+    if let Some(figures) = b.book.committed(account_id) {
+        return Ok(figures);
+    }
+    let (balance, held) = balance_and_held(b.conn(), account_id)?;
+    b.book.set_committed(account_id, balance, held);
+    Ok((balance, held))
 }
 
 /// The key's committed `(limit_period_start, limit_spent)`, from the book or the database.
@@ -244,9 +257,10 @@ fn free_request(
 }
 
 /// Charges a settlement and releases its hold: the charge and the key's spending are
-/// written; the book gives the hold back once they are.
+/// written; the book gives the hold back once they are. The balance is written once per
+/// batch (see [`Batch::defer_balance`]).
 pub(super) fn settle(b: &mut Batch<'_>, s: &Settlement, now: i64) -> Result<Settled, StoreError> {
-    let Some(hold) = b.book.hold(&s.hold_id).cloned() else {
+    let Some(hold) = b.book.hold(&s.hold_id) else {
         let done: Option<i64> = b
             .conn()
             .prepare_cached("SELECT id FROM ledger WHERE idempotency_key = ?1")
@@ -261,57 +275,49 @@ pub(super) fn settle(b: &mut Batch<'_>, s: &Settlement, now: i64) -> Result<Sett
             Settled::HoldGone
         });
     };
-    // The charge is computed from the balance as committed, read in the same transaction:
-    // an operator's deduction made a moment ago by another process must count here.
+    let (amount, limited_key) = (hold.amount, hold.key_limited.then(|| hold.key_id.clone()));
+    // Inside the write transaction the book's committed balance is exact: an operator's
+    // deduction made a moment ago by another process counts here.
+    b.begin()?;
+    let (balance, stored_held) = committed(b, &s.account_id)?;
     let live = b.book.held(&s.account_id);
+    let charge = reserve::charge(s.charge, balance, live + stored_held, amount);
     let period = s.key_period_start.map(millis).unwrap_or(0);
-    let stored_spent = if hold.key_limited {
-        Some(key_spent(b, &hold.key_id)?)
-    } else {
-        None
-    };
-    let written = b.write(|conn| {
-        let (balance, stored_held) = balance_and_held(conn, &s.account_id)?;
-        let charge = reserve::charge(s.charge, balance, live + stored_held, hold.amount);
-        let spent = stored_spent.map(|(stored_period, spent)| {
-            if stored_period == period {
+    let spent = match &limited_key {
+        Some(key_id) => {
+            let (stored_period, spent) = key_spent(b, key_id)?;
+            Some(if stored_period == period {
                 spent + charge
             } else {
                 charge
-            }
-        });
-        if let Some(spent) = spent {
+            })
+        }
+        None => None,
+    };
+    if charge > 0 {
+        let entry = LedgerWrite::model_usage(s, Credits(charge));
+        if !b.write_all_or_nothing(|conn| insert_entry(conn, &entry, now))? {
+            // The usage charge is already in the ledger: settled earlier.
+            b.book.remove(&s.hold_id);
+            return Ok(Settled::AlreadySettled);
+        }
+    }
+    if let (Some(key_id), Some(spent)) = (&limited_key, spent) {
+        b.write_all_or_nothing(|conn| {
             conn.prepare_cached(
                 "UPDATE api_keys SET limit_spent = ?1, limit_period_start = ?2 WHERE id = ?3",
             )
-            .and_then(|mut st| st.execute(params![spent, period, hold.key_id]))
-            .map_err(db)?;
-        }
-        if charge == 0 {
-            return Ok((balance, charge, spent));
-        }
-        match append(conn, &LedgerWrite::model_usage(s, Credits(charge)), now)? {
-            Some(new_balance) => Ok((new_balance.0, charge, spent)),
-            // Rolls this job back to its savepoint: the key's spending stays as it was.
-            None => Err(StoreError::Conflict("idempotency key")),
-        }
-    });
-    match written {
-        Ok((new_balance, charge, spent)) => {
-            b.book.remove(&s.hold_id);
-            b.book.set_balance(&s.account_id, new_balance);
-            if let Some(spent) = spent {
-                b.book.set_key_spent(&hold.key_id, period, spent);
-            }
-            Ok(Settled::Charged(Credits(charge)))
-        }
-        Err(StoreError::Conflict("idempotency key")) => {
-            // The usage charge is already in the ledger: settled earlier.
-            b.book.remove(&s.hold_id);
-            Ok(Settled::AlreadySettled)
-        }
-        Err(e) => Err(e),
+            .and_then(|mut st| st.execute(params![spent, period, key_id]))
+            .map(drop)
+            .map_err(db)
+        })?;
+        b.book.set_key_spent(key_id, period, spent);
     }
+    b.book.remove(&s.hold_id);
+    if charge > 0 {
+        b.defer_balance(&s.account_id, balance - charge);
+    }
+    Ok(Settled::Charged(Credits(charge)))
 }
 
 /// Releases the holds matching `filter` (a condition on `h` with `?1` bound to `arg`).
