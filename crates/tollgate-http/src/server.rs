@@ -1,43 +1,152 @@
-//! The connection loop: accepts TCP connections and serves the router on each (HTTP/1.1 and
-//! cleartext HTTP/2), with lean per-connection buffers, and drains them on shutdown.
+//! The connection loop: an acceptor hands each connection to the least busy of N worker
+//! threads, each running its own single-threaded runtime that serves the router on it
+//! (HTTP/1.1 and cleartext HTTP/2) with lean per-connection buffers; and the shutdown that
+//! drains them.
 //!
-//! hyper's defaults let an HTTP/1 connection's read buffer grow to 400 KiB and a client take
-//! forever to send its headers; a gateway holding thousands of idle streams open wants
-//! neither, so the buffer limit and a header deadline are set here.
+//! A connection, and every task its requests spawn (the upstream connection included, see
+//! `tollgate_providers::http`), stays on one thread: no work-stealing, no wake-up that
+//! crosses threads on the request path. hyper's defaults let an HTTP/1 connection's read
+//! buffer grow to 400 KiB and a client take forever to send its headers; a gateway holding
+//! thousands of idle streams open wants neither, so the buffer limit and a header deadline
+//! are set here.
 
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// Most bytes of one request head (and of one read); hyper's smallest allowed limit is 8 KiB.
 const MAX_BUF: usize = 16 * 1024;
 /// A client must have sent its request head this long after the connection is idle.
 const HEADER_DEADLINE: Duration = Duration::from_secs(30);
 
-/// Serves `app` on `listener` until `shutdown` resolves, then stops accepting and returns a
-/// future that resolves once every open connection has finished its in-flight requests.
-pub async fn serve(
-    listener: TcpListener,
-    app: Router,
-    shutdown: impl Future<Output = ()>,
-) -> impl Future<Output = ()> {
-    let mut builder = Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_DEADLINE)
-        .max_buf_size(MAX_BUF);
-    let graceful = GracefulShutdown::new();
-    tokio::pin!(shutdown);
+/// Where the server is in its life; workers watch it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Phase {
+    Serving,
+    /// No new connections; open ones finish their in-flight requests.
+    Draining,
+    /// The grace period is over: open connections are dropped (their requests settle for
+    /// what was delivered).
+    Cut,
+    /// Workers stop their runtimes.
+    Exit,
+}
+
+/// One worker as the acceptor sees it.
+struct Seat {
+    inbox: mpsc::UnboundedSender<std::net::TcpStream>,
+    open: Arc<AtomicUsize>,
+}
+
+/// A running server: its acceptor and worker threads.
+pub struct Server {
+    phase: watch::Sender<Phase>,
+    /// One message per worker whose connections have all ended.
+    finished: mpsc::UnboundedReceiver<()>,
+    finished_count: usize,
+    workers: usize,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Server {
+    /// Serves `app` on `listener` from `workers` threads (at least one). The first worker and
+    /// the acceptor run on the calling runtime; the others each start a thread of their own.
+    pub fn start(listener: TcpListener, app: Router, workers: usize) -> std::io::Result<Self> {
+        let workers = workers.max(1);
+        let (phase, _) = watch::channel(Phase::Serving);
+        let (finished_tx, finished) = mpsc::unbounded_channel();
+        let mut seats = Vec::with_capacity(workers);
+        let mut threads = Vec::with_capacity(workers - 1);
+        for i in 0..workers {
+            let (inbox, rx) = mpsc::unbounded_channel();
+            let open = Arc::new(AtomicUsize::new(0));
+            seats.push(Seat {
+                inbox,
+                open: open.clone(),
+            });
+            let run = worker(
+                rx,
+                app.clone(),
+                open,
+                phase.subscribe(),
+                finished_tx.clone(),
+            );
+            if i == 0 {
+                tokio::spawn(run);
+                continue;
+            }
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("tollgate-worker-{i}"))
+                    .spawn(move || runtime.block_on(run))?,
+            );
+        }
+        tokio::spawn(accept(listener, seats, phase.subscribe()));
+        Ok(Self {
+            phase,
+            finished,
+            finished_count: 0,
+            workers,
+            threads,
+        })
+    }
+
+    /// Stops accepting and lets open connections finish their in-flight requests for up to
+    /// `grace`; then drops the rest. Returns whether every connection finished in time.
+    pub async fn drain(&mut self, grace: Duration) -> bool {
+        self.phase.send_replace(Phase::Draining);
+        let clean = tokio::time::timeout(grace, self.wait_finished())
+            .await
+            .is_ok();
+        if !clean {
+            self.phase.send_replace(Phase::Cut);
+            self.wait_finished().await;
+        }
+        clean
+    }
+
+    /// Stops the worker threads; call once settlements have finished.
+    pub async fn exit(self) {
+        self.phase.send_replace(Phase::Exit);
+        let threads = self.threads;
+        let joined = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                if t.join().is_err() {
+                    tracing::error!("a server worker thread panicked");
+                }
+            }
+        });
+        let _ = joined.await;
+    }
+
+    async fn wait_finished(&mut self) {
+        while self.finished_count < self.workers {
+            if self.finished.recv().await.is_none() {
+                return;
+            }
+            self.finished_count += 1;
+        }
+    }
+}
+
+/// Accepts connections and hands each to the worker with the fewest open ones.
+async fn accept(listener: TcpListener, seats: Vec<Seat>, mut phase: watch::Receiver<Phase>) {
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
-            () = &mut shutdown => break,
+            _ = phase.wait_for(|p| *p >= Phase::Draining) => return,
         };
         let stream = match accepted {
             Ok((stream, _)) => stream,
@@ -51,17 +160,81 @@ pub async fn serve(
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(error = %e, "could not set TCP_NODELAY");
         }
+        let stream = match stream.into_std() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not hand a connection to a worker");
+                continue;
+            }
+        };
+        let seat = seats
+            .iter()
+            .min_by_key(|s| s.open.load(Ordering::Relaxed))
+            .expect("a server has at least one worker");
+        seat.open.fetch_add(1, Ordering::Relaxed);
+        if seat.inbox.send(stream).is_err() {
+            seat.open.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// One worker: serves the connections it is handed until the server drains, then reports
+/// when they have all ended, and keeps its runtime (and the settlements it runs) alive until
+/// the server exits.
+async fn worker(
+    mut inbox: mpsc::UnboundedReceiver<std::net::TcpStream>,
+    app: Router,
+    open: Arc<AtomicUsize>,
+    mut phase: watch::Receiver<Phase>,
+    finished: mpsc::UnboundedSender<()>,
+) {
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_DEADLINE)
+        .max_buf_size(MAX_BUF);
+    let graceful = GracefulShutdown::new();
+    let conns = TaskTracker::new();
+    let cut = CancellationToken::new();
+    loop {
+        let stream = tokio::select! {
+            stream = inbox.recv() => stream,
+            _ = phase.wait_for(|p| *p >= Phase::Draining) => None,
+        };
+        let Some(stream) = stream else { break };
+        let stream = match tokio::net::TcpStream::from_std(stream) {
+            Ok(s) => s,
+            Err(e) => {
+                open.fetch_sub(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "could not register a connection");
+                continue;
+            }
+        };
         let service = TowerToHyperService::new(app.clone());
         let conn = builder
             .serve_connection_with_upgrades(TokioIo::new(stream), service)
             .into_owned();
         let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "connection ended with an error");
+        let (open, cut) = (open.clone(), cut.clone());
+        conns.spawn(async move {
+            tokio::select! {
+                result = conn => if let Err(e) = result {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                },
+                () = cut.cancelled() => {}
             }
+            open.fetch_sub(1, Ordering::Relaxed);
         });
     }
-    drop(listener);
-    graceful.shutdown()
+    drop(inbox);
+    conns.close();
+    let ended = graceful.shutdown();
+    tokio::select! {
+        () = ended => {}
+        _ = phase.wait_for(|p| *p >= Phase::Cut) => cut.cancel(),
+    }
+    conns.wait().await;
+    let _ = finished.send(());
+    let _ = phase.wait_for(|p| *p >= Phase::Exit).await;
 }

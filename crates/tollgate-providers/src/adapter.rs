@@ -4,7 +4,7 @@ use crate::error::ProviderError;
 use futures::stream::BoxStream;
 use serde_json::{Map, Value};
 use std::time::Duration;
-use tollgate_protocol::openai::Usage;
+use tollgate_protocol::openai::ChatCompletion;
 
 /// Limits on one upstream call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,14 +31,14 @@ pub type ChunkStream = BoxStream<'static, Result<Value, ProviderError>>;
 
 /// What an upstream answered.
 pub enum ChatReply {
-    Complete { body: Value, usage: Option<Usage> },
+    Complete(ChatCompletion),
     Stream(ChunkStream),
 }
 
 impl std::fmt::Debug for ChatReply {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::Complete { usage, .. } => write!(f, "ChatReply::Complete({usage:?})"),
+            Self::Complete(c) => write!(f, "ChatReply::Complete({c:?})"),
             Self::Stream(_) => write!(f, "ChatReply::Stream"),
         }
     }

@@ -67,9 +67,10 @@ fn content(chunk: &Value) -> Option<&str> {
 async fn non_stream_success_parses_usage_and_forwards_model_and_auth() {
     let fake = FakeOpenAi::start(Behaviour::normal(3)).await;
     let reply = chat(&fake, call(false)).await.unwrap();
-    let ChatReply::Complete { body, usage } = reply else {
+    let ChatReply::Complete(reply) = reply else {
         panic!("expected a complete reply")
     };
+    let (body, usage) = (reply.value(), reply.usage());
     // 31 characters of prompt / 4 = 7 prompt tokens; one completion token per word.
     assert_eq!(
         usage,
@@ -100,9 +101,10 @@ async fn output_limit_cuts_the_reply_with_finish_reason_length() {
     let fake = FakeOpenAi::start(Behaviour::normal(10)).await;
     let mut c = call(false);
     c.body.insert("max_completion_tokens".into(), json!(4));
-    let ChatReply::Complete { body, usage } = chat(&fake, c).await.unwrap() else {
+    let ChatReply::Complete(reply) = chat(&fake, c).await.unwrap() else {
         panic!()
     };
+    let (body, usage) = (reply.value(), reply.usage());
     assert_eq!(body["choices"][0]["finish_reason"], "length");
     assert_eq!(usage.unwrap().completion_tokens, 4);
 }
@@ -147,16 +149,18 @@ async fn stream_without_usage_ends_after_done() {
 #[tokio::test]
 async fn non_stream_usage_is_taken_as_reported() {
     let fake = FakeOpenAi::start(Behaviour::NoUsage).await;
-    let ChatReply::Complete { usage, .. } = chat(&fake, call(false)).await.unwrap() else {
+    let ChatReply::Complete(reply) = chat(&fake, call(false)).await.unwrap() else {
         panic!()
     };
+    let usage = reply.usage();
     assert_eq!(usage, None);
     fake.set_behaviour(Behaviour::LieUsage {
         completion_tokens: 99,
     });
-    let ChatReply::Complete { usage, .. } = chat(&fake, call(false)).await.unwrap() else {
+    let ChatReply::Complete(reply) = chat(&fake, call(false)).await.unwrap() else {
         panic!()
     };
+    let usage = reply.usage();
     assert_eq!(usage.unwrap().completion_tokens, 99);
     assert_eq!(fake.request_count(), 2);
 }

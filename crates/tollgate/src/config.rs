@@ -36,6 +36,7 @@ struct RawServer {
     listen: String,
     body_limit_bytes: u64,
     shutdown_grace_seconds: u64,
+    threads: usize,
 }
 
 #[derive(Debug, Deserialize)]
@@ -141,6 +142,8 @@ pub struct Config {
     pub listen: SocketAddr,
     pub body_limit: usize,
     pub shutdown_grace: Duration,
+    /// Server worker threads, each with its own runtime.
+    pub threads: usize,
     pub database_url: String,
     pub settings: Settings,
     pub reaper_interval: Duration,
@@ -274,6 +277,10 @@ fn validate(raw: Raw) -> anyhow::Result<Config> {
         listen,
         body_limit: usize::try_from(raw.server.body_limit_bytes).unwrap_or(usize::MAX),
         shutdown_grace: Duration::from_secs(raw.server.shutdown_grace_seconds),
+        threads: match raw.server.threads {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n => n,
+        },
         database_url: url,
         settings: Settings {
             rate: CreditRate(b.credits_per_usd),

@@ -36,7 +36,9 @@ fn main() -> ExitCode {
         &config.log_level,
         matches!(cli.command, Command::Serve { .. }),
     );
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    // `serve` runs one single-threaded runtime per worker thread (this one is the first);
+    // operator commands need no more than one thread either.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {

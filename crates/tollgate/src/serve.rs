@@ -36,23 +36,12 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     let app = tollgate_http::router(AppState::new(relay, accounts, config.body_limit));
 
     let reaper = tokio::spawn(reap(store.clone(), config.reaper_interval));
-    tracing::info!(%addr, node = %config.settings.node_id, database = %redact(&config.database_url), "tollgate listening on http://{addr}");
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(async move {
-        let stop = async {
-            let _ = stop_rx.await;
-        };
-        tollgate_http::server::serve(listener, app, stop)
-            .await
-            .await;
-    });
+    let mut server = tollgate_http::server::Server::start(listener, app, config.threads)?;
+    tracing::info!(%addr, node = %config.settings.node_id, threads = config.threads, database = %redact(&config.database_url), "tollgate listening on http://{addr}");
     shutdown_signal().await;
     tracing::info!(grace = ?config.shutdown_grace, "shutting down: no new connections; finishing in-flight requests");
-    let _ = stop_tx.send(());
-    match tokio::time::timeout(config.shutdown_grace, server).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::error!(error = %e, "server task failed"),
-        Err(_) => tracing::warn!("grace period over; remaining connections are cut (their holds are released or charged for what was delivered)"),
+    if !server.drain(config.shutdown_grace).await {
+        tracing::warn!("grace period over; remaining connections were cut (their holds are released or charged for what was delivered)");
     }
     tasks.close();
     if tokio::time::timeout(Duration::from_secs(10), tasks.wait())
@@ -61,6 +50,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     {
         tracing::error!("settlements still running at exit; their holds lapse with their lease");
     }
+    server.exit().await;
     reaper.abort();
     if tokio::time::timeout(Duration::from_secs(10), usage_task)
         .await

@@ -24,9 +24,9 @@ pub struct ChatReply {
 }
 
 pub enum ReplyBody {
-    /// A complete response, already charged: its body carries `meta.usage`.
+    /// A complete response, already charged: its body (JSON) carries `meta.usage`.
     Json {
-        body: Value,
+        body: Vec<u8>,
         credits: Credits,
         usd: String,
     },
@@ -99,21 +99,16 @@ impl Relay {
             }
         };
         match upstream {
-            Upstream::Complete { mut body, usage } => {
+            Upstream::Complete(completion) => {
                 let bill = ticket.bill_mut();
-                bill.upstream_usage = usage;
-                if usage.is_none() {
-                    collect_message_text(&body, &mut bill.delivered);
+                bill.upstream_usage = completion.usage();
+                if bill.upstream_usage.is_none() {
+                    completion.message_text(&mut bill.delivered);
                 }
                 let (credits, _) = ticket.settle(Outcome::Done).await?;
                 let usd = settings.rate.usd(credits);
-                if let Some(obj) = body.as_object_mut() {
-                    obj.insert("model".into(), Value::String(admission.model.id.clone()));
-                    obj.insert(
-                        "meta".into(),
-                        json!({"usage": {"credits_used": credits.0, "usd_spent": settings.rate.usd_json(credits)}}),
-                    );
-                }
+                let meta = json!({"usage": {"credits_used": credits.0, "usd_spent": settings.rate.usd_json(credits)}});
+                let body = completion.render(&admission.model.id, &meta);
                 Ok(ChatReply {
                     inference_id,
                     body: ReplyBody::Json { body, credits, usd },
@@ -158,22 +153,6 @@ fn upstream_body(
         body.insert("stream_options".into(), Value::Object(options));
     }
     body
-}
-
-fn collect_message_text(body: &Value, out: &mut String) {
-    for choice in body
-        .get("choices")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        if let Some(text) = choice.pointer("/message/content").and_then(Value::as_str) {
-            out.push_str(text);
-        }
-        if let Some(calls) = choice.pointer("/message/tool_calls") {
-            out.push_str(&calls.to_string());
-        }
-    }
 }
 
 fn hold_error(

@@ -5,13 +5,13 @@ use crate::catalog::{Model, RouteSpec};
 use futures::StreamExt;
 use rand::Rng;
 use serde_json::{Map, Value};
-use tollgate_protocol::openai::Usage;
+use tollgate_protocol::openai::ChatCompletion;
 use tollgate_providers::error::Deadline;
 use tollgate_providers::{ChatCall, ChatReply, ChunkStream, ProviderError};
 
 /// An upstream answer that has started: a whole response, or a stream with its first chunk.
 pub(crate) enum Upstream {
-    Complete { body: Value, usage: Option<Usage> },
+    Complete(ChatCompletion),
     Stream { first: Value, rest: ChunkStream },
 }
 
@@ -57,7 +57,7 @@ pub(crate) async fn call(
             timeouts,
         };
         let result = match provider.chat(call).await {
-            Ok(ChatReply::Complete { body, usage }) => Ok(Upstream::Complete { body, usage }),
+            Ok(ChatReply::Complete(c)) => Ok(Upstream::Complete(c)),
             Ok(ChatReply::Stream(mut rest)) => {
                 match tokio::time::timeout(timeouts.first_byte, rest.next()).await {
                     Err(_) => Err(ProviderError::Timeout(Deadline::FirstByte)),

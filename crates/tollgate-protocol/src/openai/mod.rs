@@ -2,7 +2,9 @@
 
 pub mod chat;
 pub mod chunk;
+pub mod completion;
 pub mod usage;
 
 pub use chat::{ChatRequest, Message};
+pub use completion::ChatCompletion;
 pub use usage::Usage;

@@ -6,7 +6,7 @@ use crate::error::ProviderError;
 use futures::StreamExt;
 use serde_json::{json, Value};
 use std::time::Duration;
-use tollgate_protocol::openai::{ChatRequest, Usage};
+use tollgate_protocol::openai::{ChatCompletion, ChatRequest, Usage};
 use tollgate_protocol::tokens;
 
 const FILLER: &[&str] = &[
@@ -117,10 +117,9 @@ impl ChatProvider for Demo {
                     "message": {"role": "assistant", "content": pieces.concat(), "refusal": null}}],
                 "usage": usage.to_openai(),
             });
-            return Ok(ChatReply::Complete {
-                body,
-                usage: Some(usage),
-            });
+            return ChatCompletion::from_value(&body)
+                .map(ChatReply::Complete)
+                .map_err(ProviderError::Invalid);
         }
         let delay = match self.config.tokens_per_second {
             0 => None,
@@ -194,23 +193,21 @@ mod tests {
             tokens_per_second: 0,
             reply_tokens: 60,
         });
-        let ChatReply::Complete { body, usage } = demo.chat(call(Some(10), false)).await.unwrap()
-        else {
+        let ChatReply::Complete(reply) = demo.chat(call(Some(10), false)).await.unwrap() else {
             panic!()
         };
-        let usage = usage.unwrap();
+        let (body, usage) = (reply.value(), reply.usage().unwrap());
         assert_eq!(usage.completion_tokens, 10);
         assert_eq!(body["choices"][0]["finish_reason"], "length");
-        let ChatReply::Complete { body: again, .. } =
-            demo.chat(call(Some(10), false)).await.unwrap()
-        else {
+        let ChatReply::Complete(again) = demo.chat(call(Some(10), false)).await.unwrap() else {
             panic!()
         };
+        let again = again.value();
         assert_eq!(body["choices"], again["choices"]);
-        let ChatReply::Complete { usage, body } = demo.chat(call(None, false)).await.unwrap()
-        else {
+        let ChatReply::Complete(reply) = demo.chat(call(None, false)).await.unwrap() else {
             panic!()
         };
+        let (body, usage) = (reply.value(), reply.usage());
         assert!(usage.unwrap().completion_tokens <= 60);
         assert_eq!(body["choices"][0]["finish_reason"], "stop");
     }

@@ -5,17 +5,15 @@ mod stream;
 
 use crate::adapter::{ChatCall, ChatProvider, ChatReply};
 use crate::error::{Deadline, ProviderError};
-use crate::http::{self, HttpClient};
+use crate::http::HttpClient;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::header::{HeaderValue, ACCEPT_ENCODING, AUTHORIZATION, CONTENT_TYPE};
 use hyper::Uri;
-use serde_json::Value;
 use std::time::Duration;
-use tollgate_protocol::openai::Usage;
+use tollgate_protocol::openai::ChatCompletion;
 
 /// One OpenAI-compatible endpoint: where it is and how to authenticate.
-#[derive(Clone)]
 pub struct OpenAiCompat {
     client: HttpClient,
     chat_url: Uri,
@@ -37,7 +35,7 @@ impl OpenAiCompat {
             .map_err(|_| "the API key contains characters a header cannot carry".to_owned())?;
         authorization.set_sensitive(true);
         Ok(Self {
-            client: http::client(connect_timeout),
+            client: HttpClient::new(connect_timeout),
             chat_url,
             authorization,
         })
@@ -83,14 +81,8 @@ impl ChatProvider for OpenAiCompat {
             Ok(Err(_)) => return Err(ProviderError::Cut),
             Ok(Ok(b)) => b.to_bytes(),
         };
-        let body: Value = serde_json::from_slice(&bytes)
-            .map_err(|e| ProviderError::Invalid(format!("response is not JSON: {e}")))?;
-        if !body.get("choices").is_some_and(Value::is_array) {
-            return Err(ProviderError::Invalid(
-                "response has no `choices` array".into(),
-            ));
-        }
-        let usage = Usage::from_openai(body.get("usage"));
-        Ok(ChatReply::Complete { body, usage })
+        ChatCompletion::parse(bytes.to_vec())
+            .map(ChatReply::Complete)
+            .map_err(ProviderError::Invalid)
     }
 }

@@ -35,7 +35,7 @@ pub async fn handle(
     let reply = state.relay.chat(&who, meta, request).await?;
     let mut response = match reply.body {
         ReplyBody::Json { body, credits, usd } => {
-            let mut r = Response::new(Body::from(serde_json::to_vec(&body).unwrap_or_default()));
+            let mut r = Response::new(Body::from(body));
             let h = r.headers_mut();
             h.insert(
                 header::CONTENT_TYPE,
