@@ -4,6 +4,7 @@ use crate::error::ProviderError;
 use futures::stream::BoxStream;
 use serde_json::{Map, Value};
 use std::time::Duration;
+use tollgate_protocol::openai::chunk::Chunk;
 use tollgate_protocol::openai::ChatCompletion;
 
 /// Limits on one upstream call.
@@ -27,7 +28,7 @@ pub struct ChatCall {
 
 /// A stream of OpenAI `chat.completion.chunk` objects; it ends after the upstream's `[DONE]`
 /// and yields an error if the upstream fails or cuts the stream before it.
-pub type ChunkStream = BoxStream<'static, Result<Value, ProviderError>>;
+pub type ChunkStream = BoxStream<'static, Result<Chunk, ProviderError>>;
 
 /// What an upstream answered.
 pub enum ChatReply {

@@ -52,9 +52,10 @@ async fn drain(reply: ChatReply) -> Vec<Result<Value, ProviderError>> {
     let ChatReply::Stream(stream) = reply else {
         panic!("expected a stream, got {reply:?}")
     };
-    tokio::time::timeout(Duration::from_secs(5), stream.collect())
+    let items: Vec<_> = tokio::time::timeout(Duration::from_secs(5), stream.collect())
         .await
-        .expect("the stream ends")
+        .expect("the stream ends");
+    items.into_iter().map(|c| c.map(|c| c.value())).collect()
 }
 
 fn content(chunk: &Value) -> Option<&str> {

@@ -5,6 +5,7 @@ use crate::catalog::{Model, RouteSpec};
 use futures::StreamExt;
 use rand::Rng;
 use serde_json::{Map, Value};
+use tollgate_protocol::openai::chunk::Chunk;
 use tollgate_protocol::openai::ChatCompletion;
 use tollgate_providers::error::Deadline;
 use tollgate_providers::{ChatCall, ChatReply, ChunkStream, ProviderError};
@@ -12,7 +13,7 @@ use tollgate_providers::{ChatCall, ChatReply, ChunkStream, ProviderError};
 /// An upstream answer that has started: a whole response, or a stream with its first chunk.
 pub(crate) enum Upstream {
     Complete(ChatCompletion),
-    Stream { first: Value, rest: ChunkStream },
+    Stream { first: Chunk, rest: ChunkStream },
 }
 
 /// Routes in the order to try them.

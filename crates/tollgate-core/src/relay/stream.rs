@@ -8,17 +8,19 @@ use bytes::Bytes;
 use futures::stream::BoxStream;
 use futures::StreamExt;
 use serde_json::{json, Value};
-use tollgate_protocol::openai::chunk::{delivered_text, empty_chunk};
-use tollgate_protocol::openai::Usage;
+use tollgate_protocol::openai::chunk::{empty_chunk, Chunk};
+use tollgate_protocol::raw::json_string;
 use tollgate_providers::ChunkStream;
 
 struct State {
     /// `None` once settled; dropping it unsettled charges what was delivered.
     ticket: Option<Ticket>,
-    first: Option<Value>,
+    first: Option<Chunk>,
     rest: ChunkStream,
     include_usage: bool,
     model: String,
+    /// `model` as a JSON string, written into every chunk.
+    model_json: Vec<u8>,
     rate: CreditRate,
     id: String,
     created: i64,
@@ -35,7 +37,7 @@ fn event(value: &Value) -> Bytes {
 
 pub(crate) fn sse_reply(
     ticket: Ticket,
-    first: Value,
+    first: Chunk,
     rest: ChunkStream,
     include_usage: bool,
     model: String,
@@ -46,6 +48,7 @@ pub(crate) fn sse_reply(
         first: Some(first),
         rest,
         include_usage,
+        model_json: json_string(&model),
         model,
         rate,
         id: String::new(),
@@ -59,35 +62,30 @@ pub(crate) fn sse_reply(
                 None => st.rest.next().await,
             };
             match next {
-                Some(Ok(mut chunk)) => {
+                Some(Ok(chunk)) => {
                     let bill = ticket.bill_mut();
-                    if let Some(u) = Usage::from_openai(chunk.get("usage")) {
+                    if let Some(u) = chunk.usage() {
                         bill.upstream_usage = Some(u);
                     }
-                    if let Some(id) = chunk.get("id").and_then(Value::as_str) {
+                    if let Some(id) = chunk.id() {
                         if st.id != id {
-                            st.id = id.to_owned();
+                            st.id = id.into_owned();
                         }
                     }
-                    if let Some(c) = chunk.get("created").and_then(Value::as_i64) {
+                    if let Some(c) = chunk.created() {
                         st.created = c;
                     }
-                    let empty = chunk.get("choices").and_then(Value::as_array).is_none_or(Vec::is_empty);
-                    if empty {
+                    if !chunk.has_choices() {
                         st.ticket = Some(ticket);
                         continue;
                     }
                     let before = bill.delivered.len();
-                    delivered_text(&chunk, &mut bill.delivered);
+                    chunk.delivered_text(&mut bill.delivered);
                     if bill.first_token_ms.is_none() && bill.delivered.len() > before {
                         bill.first_token_ms = Some(u64::try_from(bill.started.elapsed().as_millis()).unwrap_or(u64::MAX));
                     }
-                    if let Some(obj) = chunk.as_object_mut() {
-                        obj.remove("usage");
-                        obj.insert("model".into(), Value::String(st.model.clone()));
-                    }
                     st.ticket = Some(ticket);
-                    return Some((event(&chunk), st));
+                    return Some((Bytes::from(chunk.to_event(&st.model_json)), st));
                 }
                 None => {
                     let out = match ticket.settle(Outcome::Done).await {

@@ -6,6 +6,7 @@ use crate::error::ProviderError;
 use futures::StreamExt;
 use serde_json::{json, Value};
 use std::time::Duration;
+use tollgate_protocol::openai::chunk::Chunk;
 use tollgate_protocol::openai::{ChatCompletion, ChatRequest, Usage};
 use tollgate_protocol::tokens;
 
@@ -148,7 +149,7 @@ impl ChatProvider for Demo {
                 if let (Some(d), true) = (delay, i > 0) {
                     tokio::time::sleep(d).await;
                 }
-                Ok(ev)
+                Chunk::from_value(&ev).map_err(ProviderError::Invalid)
             });
         Ok(ChatReply::Stream(stream.boxed()))
     }
@@ -221,12 +222,12 @@ mod tests {
         let ChatReply::Stream(s) = demo.chat(call(None, true)).await.unwrap() else {
             panic!()
         };
-        let chunks: Vec<Value> = s.map(Result::unwrap).collect().await;
+        let chunks: Vec<Chunk> = s.map(Result::unwrap).collect().await;
         let mut text = String::new();
         for c in &chunks {
-            tollgate_protocol::openai::chunk::delivered_text(c, &mut text);
+            c.delivered_text(&mut text);
         }
-        let usage = Usage::from_openai(chunks.last().unwrap().get("usage")).unwrap();
+        let usage = chunks.last().unwrap().usage().unwrap();
         assert_eq!(usage.completion_tokens, tokens::count(&text));
         assert!(usage.completion_tokens <= 20 && usage.completion_tokens > 5);
     }

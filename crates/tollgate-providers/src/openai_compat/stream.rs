@@ -4,13 +4,13 @@ use crate::adapter::ChunkStream;
 use crate::error::{Deadline, ProviderError};
 use crate::sse::Decoder;
 use futures::StreamExt;
-use serde_json::Value;
 use std::collections::VecDeque;
+use tollgate_protocol::openai::chunk::Chunk;
 
 struct State {
     body: http_body_util::BodyDataStream<hyper::body::Incoming>,
     decoder: Decoder,
-    pending: VecDeque<Result<Value, ProviderError>>,
+    pending: VecDeque<Result<Chunk, ProviderError>>,
     /// The first-byte deadline, until the first event arrives.
     first_event: Option<tokio::time::Instant>,
     deadline: tokio::time::Instant,
@@ -65,7 +65,7 @@ pub(super) fn chunks(
                         if st.done {
                             break;
                         }
-                        push_event(&mut st, &event.data);
+                        push_event(&mut st, event.data);
                     }
                 }
             }
@@ -74,26 +74,23 @@ pub(super) fn chunks(
     .boxed()
 }
 
-fn push_event(st: &mut State, data: &str) {
+fn push_event(st: &mut State, data: String) {
     if data.trim() == "[DONE]" {
         st.done = true;
         return;
     }
-    match serde_json::from_str::<Value>(data) {
-        Ok(v) if v.get("error").is_some() && v.get("choices").is_none() => {
-            let message = v["error"]["message"]
-                .as_str()
-                .unwrap_or("stream error")
-                .to_owned();
-            st.pending.push_back(Err(ProviderError::Status {
+    let item = match Chunk::parse(data) {
+        Ok(chunk) => match chunk.error_message() {
+            Some(message) => Err(ProviderError::Status {
                 status: 500,
                 message,
                 retry_after: None,
-            }));
-        }
-        Ok(v) if v.is_object() => st.pending.push_back(Ok(v)),
-        Ok(_) | Err(_) => st.pending.push_back(Err(ProviderError::Invalid(
+            }),
+            None => Ok(chunk),
+        },
+        Err(_) => Err(ProviderError::Invalid(
             "stream event is not a JSON object".into(),
-        ))),
-    }
+        )),
+    };
+    st.pending.push_back(item);
 }
