@@ -142,7 +142,7 @@ impl ChatRequest {
             .iter()
             .map(|m| {
                 MESSAGE_OVERHEAD
-                    + tokens::count(&m.role)
+                    + role_tokens(&m.role)
                     + tokens::count(&m.text)
                     + m.images * IMAGE_TOKENS
             })
@@ -154,6 +154,16 @@ impl ChatRequest {
             .map(|t| tokens::count(&t.to_string()))
             .unwrap_or(0);
         messages + tools + 3
+    }
+}
+
+/// The tokens of a role name: one of [`ROLES`], counted once.
+fn role_tokens(role: &str) -> u64 {
+    static COUNTS: std::sync::OnceLock<Vec<u64>> = std::sync::OnceLock::new();
+    let counts = COUNTS.get_or_init(|| ROLES.iter().map(|r| tokens::count(r)).collect());
+    match ROLES.iter().position(|r| *r == role) {
+        Some(i) => counts[i],
+        None => tokens::count(role),
     }
 }
 

@@ -50,9 +50,7 @@ impl Chunk {
     /// Parses one event's data, which must be a JSON object.
     pub fn parse(data: String) -> Result<Self, String> {
         let obj = RawObject::parse(data).map_err(|e| e.to_string())?;
-        let usage = obj
-            .decode::<Value>("usage")
-            .and_then(|u| Usage::from_openai(Some(&u)));
+        let usage = obj.get("usage").and_then(Usage::from_raw);
         Ok(Self { obj, usage })
     }
 

@@ -35,9 +35,7 @@ impl ChatCompletion {
         if !obj.get("choices").is_some_and(|c| c.starts_with('[')) {
             return Err("response has no `choices` array".into());
         }
-        let usage = obj
-            .decode::<Value>("usage")
-            .and_then(|u| Usage::from_openai(Some(&u)));
+        let usage = obj.get("usage").and_then(Usage::from_raw);
         Ok(Self { obj, usage })
     }
 

@@ -1,6 +1,7 @@
 //! Token usage as OpenAI reports it.
 
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 /// Token counts of one response.
@@ -29,6 +30,48 @@ impl Usage {
         Some(Self {
             prompt_tokens,
             completion_tokens,
+            cached_tokens,
+        })
+    }
+
+    /// Reads an OpenAI `usage` object from its JSON text, as [`Usage::from_openai`] does from
+    /// a `Value` (a count that is not a non-negative integer counts as 0), without building one.
+    pub fn from_raw(text: &str) -> Option<Self> {
+        #[derive(Deserialize)]
+        struct Wire<'a> {
+            #[serde(borrow, default)]
+            prompt_tokens: Option<&'a RawValue>,
+            #[serde(borrow, default)]
+            completion_tokens: Option<&'a RawValue>,
+            #[serde(borrow, default)]
+            prompt_tokens_details: Option<&'a RawValue>,
+        }
+        #[derive(Deserialize)]
+        struct Details<'a> {
+            #[serde(borrow, default)]
+            cached_tokens: Option<&'a RawValue>,
+        }
+        let num = |v: Option<&RawValue>| v.and_then(|v| v.get().parse::<u64>().ok()).unwrap_or(0);
+        // A struct also reads from an array (by position): only an object is a usage block.
+        let object = |t: &str| t.trim_start().starts_with('{');
+        if !object(text) {
+            return None;
+        }
+        let Ok(wire) = serde_json::from_str::<Wire<'_>>(text) else {
+            // A repeated field, say: read it as a `Value` does.
+            let value: Value = serde_json::from_str(text).ok()?;
+            return Self::from_openai(Some(&value));
+        };
+        let prompt_tokens = num(wire.prompt_tokens);
+        let cached_tokens = wire
+            .prompt_tokens_details
+            .filter(|d| object(d.get()))
+            .and_then(|d| serde_json::from_str::<Details<'_>>(d.get()).ok())
+            .map_or(0, |d| num(d.cached_tokens))
+            .min(prompt_tokens);
+        Some(Self {
+            prompt_tokens,
+            completion_tokens: num(wire.completion_tokens),
             cached_tokens,
         })
     }
@@ -66,5 +109,28 @@ mod tests {
         );
         assert_eq!(Usage::from_openai(Some(&json!("x"))), None);
         assert_eq!(Usage::from_openai(None), None);
+    }
+
+    #[test]
+    fn raw_text_reads_the_same_as_a_value() {
+        for v in [
+            json!({"prompt_tokens": 10, "completion_tokens": 5, "prompt_tokens_details": {"cached_tokens": 50}}),
+            json!({"prompt_tokens": 7, "completion_tokens": 2.5, "total_tokens": 9, "prompt_tokens_details": null}),
+            json!({"prompt_tokens": -3, "completion_tokens": "4", "prompt_tokens_details": {"cached_tokens": 2}}),
+            json!({"completion_tokens": 1, "prompt_tokens_details": "x"}),
+            json!({}),
+            json!("x"),
+            json!(null),
+            json!([1]),
+            json!({"prompt_tokens": 4, "prompt_tokens_details": [3]}),
+        ] {
+            assert_eq!(
+                Usage::from_raw(&v.to_string()),
+                Usage::from_openai(Some(&v)),
+                "{v}"
+            );
+        }
+        let repeated = r#"{"prompt_tokens": 1, "completion_tokens": 2, "prompt_tokens": 3}"#;
+        assert_eq!(Usage::from_raw(repeated).map(|u| u.prompt_tokens), Some(3));
     }
 }

@@ -26,8 +26,8 @@ use tollgate_core::money::Credits;
 use tollgate_core::store::*;
 use tollgate_core::usage::UsageRecord;
 
-/// Usage-log rows written per background transaction.
-const USAGE_CHUNK: usize = 32;
+/// Most usage-log rows written per background transaction.
+const USAGE_CHUNK: usize = 64;
 
 /// How often an idle store looks for commits made by other processes (the operator CLI);
 /// every write batch and every key lookup that finds the write path idle looks too.
@@ -376,13 +376,24 @@ impl Store for SqliteStore {
     }
 
     async fn record_usage(&self, rows: &[UsageRecord]) -> Result<(), StoreError> {
-        // Small chunks in the background lane: a request waits behind one chunk at most.
-        let jobs = rows.chunks(USAGE_CHUNK).map(|chunk| {
-            let chunk = chunk.to_vec();
-            self.writer.run_in(Lane::Background, move |b| {
-                b.write(|c| ops::record_usage(c, &chunk))
-            })
-        });
-        futures::future::try_join_all(jobs).await.map(drop)
+        // Background jobs of up to a chunk each, each stopping early (after a statement) when
+        // a request job waits: a request waits behind a few rows at most.
+        let mut rest: Vec<UsageRecord> = rows.to_vec();
+        while !rest.is_empty() {
+            let mut chunk = rest.split_off(rest.len().min(USAGE_CHUNK));
+            std::mem::swap(&mut chunk, &mut rest);
+            let (written, mut chunk) = self
+                .writer
+                .run_in(Lane::Background, move |b| {
+                    let stop = b.requests_waiting();
+                    let written = b.write(|c| ops::record_usage(c, &chunk, stop))?;
+                    Ok::<_, StoreError>((written, chunk))
+                })
+                .await?;
+            chunk.drain(..written);
+            chunk.append(&mut rest);
+            rest = chunk;
+        }
+        Ok(())
     }
 }

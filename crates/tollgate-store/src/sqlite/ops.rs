@@ -3,6 +3,7 @@
 use crate::reserve::{self, KeyRoom, HOUR_MS};
 use crate::rows::millis;
 use rusqlite::{params, Connection, OptionalExtension};
+use std::sync::atomic::{AtomicBool, Ordering};
 use tollgate_core::money::Credits;
 use tollgate_core::store::*;
 use tollgate_core::usage::UsageRecord;
@@ -351,53 +352,85 @@ pub(super) fn release_where(
     Ok(n as u64)
 }
 
-pub(super) fn record_usage(conn: &Connection, rows: &[UsageRecord]) -> Result<(), StoreError> {
-    let mut insert = conn
-        .prepare_cached(
-            "INSERT INTO usage_logs (inference_id, request_id, client_request_id, account_id, key_id, model, status, origin, error_code,
-                prompt_tokens, completion_tokens, cached_tokens, credits, stream, duration_ms, ttft_ms, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)
-             ON CONFLICT (inference_id) DO NOTHING",
-        )
-        .map_err(db)?;
-    let mut touch = conn
-        .prepare_cached("UPDATE api_keys SET last_used_at = ?1 WHERE id = ?2 AND (last_used_at IS NULL OR last_used_at < ?1)")
-        .map_err(db)?;
+/// Usage rows per INSERT statement: one statement for several rows costs less per row.
+const ROWS_PER_INSERT: usize = 8;
+const USAGE_COLUMNS: &str = "inference_id, request_id, client_request_id, account_id, key_id, model, status, origin, error_code,
+    prompt_tokens, completion_tokens, cached_tokens, credits, stream, duration_ms, ttft_ms, created_at";
+
+/// The INSERT statement for `n` (1 to [`ROWS_PER_INSERT`]) usage rows.
+fn insert_usage_sql(n: usize) -> &'static str {
+    static SQL: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let all = SQL.get_or_init(|| {
+        (1..=ROWS_PER_INSERT)
+            .map(|n| {
+                let tuples = vec!["(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"; n].join(",");
+                format!("INSERT INTO usage_logs ({USAGE_COLUMNS}) VALUES {tuples} ON CONFLICT (inference_id) DO NOTHING")
+            })
+            .collect()
+    });
+    &all[n.clamp(1, ROWS_PER_INSERT) - 1]
+}
+
+/// Writes usage rows from the front of `rows`, several per statement, and returns how many
+/// it wrote: all of them, or fewer when `stop` says request jobs are waiting (at least one
+/// statement's worth is always written).
+pub(super) fn record_usage(
+    conn: &Connection,
+    rows: &[UsageRecord],
+    stop: &AtomicBool,
+) -> Result<usize, StoreError> {
     let int = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-    for r in rows {
-        insert
-            .execute(params![
-                r.inference_id,
-                r.request_id,
-                r.client_request_id,
-                r.account_id,
-                r.key_id,
-                r.model,
-                r.status.as_str(),
-                r.origin,
-                r.error_code,
-                int(r.prompt_tokens),
-                int(r.completion_tokens),
-                int(r.cached_tokens),
-                r.credits.0,
-                r.stream,
-                int(r.duration_ms),
-                r.ttft_ms.map(int),
-                millis(r.created_at)
-            ])
+    let mut written = 0;
+    for group in rows.chunks(ROWS_PER_INSERT) {
+        if written > 0 && stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let mut insert = conn
+            .prepare_cached(insert_usage_sql(group.len()))
             .map_err(db)?;
+        let mut at = 1;
+        for r in group {
+            let values: [&dyn rusqlite::ToSql; 17] = [
+                &r.inference_id,
+                &r.request_id,
+                &r.client_request_id,
+                &r.account_id,
+                &r.key_id,
+                &r.model,
+                &r.status.as_str(),
+                &r.origin,
+                &r.error_code,
+                &int(r.prompt_tokens),
+                &int(r.completion_tokens),
+                &int(r.cached_tokens),
+                &r.credits.0,
+                &r.stream,
+                &int(r.duration_ms),
+                &r.ttft_ms.map(int),
+                &millis(r.created_at),
+            ];
+            for v in values {
+                insert.raw_bind_parameter(at, v).map_err(db)?;
+                at += 1;
+            }
+        }
+        insert.raw_execute().map_err(db)?;
+        written += group.len();
     }
-    // One last-use update per key in the chunk, not one per row.
+    // One last-use update per key among the rows written, not one per row.
     let mut last_use: Vec<(&str, i64)> = Vec::new();
-    for r in rows {
+    for r in &rows[..written] {
         let at = millis(r.created_at);
         match last_use.iter_mut().find(|(k, _)| *k == r.key_id) {
             Some((_, t)) => *t = (*t).max(at),
             None => last_use.push((&r.key_id, at)),
         }
     }
+    let mut touch = conn
+        .prepare_cached("UPDATE api_keys SET last_used_at = ?1 WHERE id = ?2 AND (last_used_at IS NULL OR last_used_at < ?1)")
+        .map_err(db)?;
     for (key_id, at) in last_use {
         touch.execute(params![at, key_id]).map_err(db)?;
     }
-    Ok(())
+    Ok(written)
 }

@@ -1,27 +1,39 @@
 //! The write side of the SQLite store: one write connection and the book of live holds,
 //! used by whichever caller finds them free (flat combining), with group commit.
 //!
-//! A caller queues its job and tries to take the write state. The one that gets it runs
-//! every queued job, its own and the others', in one transaction, commits, and answers each
-//! job after the commit; callers that did not get it simply wait for their answer. There is
-//! no writer thread to wake: alone, a request runs its own job on its own thread at once;
-//! under load, jobs queued while one batch commits share the next commit.
+//! A caller queues its job and tries to take the write state. The one that gets it runs the
+//! queued jobs of its own thread (its *origin*) in one transaction, commits, and answers
+//! each job after the commit. There is no writer thread to wake: alone, a request runs its
+//! own job on its own thread at once; under load, jobs queued while one batch commits share
+//! the next commit.
 //!
-//! A job reaches the database only through [`Batch::write`], each call inside its own
-//! savepoint, and the transaction begins at the first such call: a batch of memory-only
-//! jobs (holds) commits nothing. A job's result reaches its caller only after the
-//! transaction that contains it committed, so no caller sees a write that could roll back.
+//! A batch runs only its own origin's jobs, so a job's task is answered on the thread that
+//! waits for it: with a runtime per thread, answering another thread's job would cost that
+//! thread a wake-up (a system call) per job. Whoever lets the write state go looks at the
+//! queue and wakes, once, the combiner task of each other origin with jobs waiting; that
+//! task runs them on its own thread.
+//!
+//! A job reaches the database only through [`Batch`], and the transaction begins at its
+//! first write: a batch of memory-only jobs (holds) commits nothing. A job's result reaches
+//! its caller only after the transaction that contains it committed, so no caller sees a
+//! write that could roll back.
 //!
 //! Jobs come in two lanes. Request-path jobs always go first and commit together;
 //! background jobs (usage-log chunks) run one per transaction when no request job waits.
 
+mod batch;
+
+pub(crate) use batch::Batch;
+
 use super::book::Book;
+use batch::Txn;
 use rusqlite::Connection;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
-use tokio::sync::oneshot;
+use thread_local::ThreadLocal;
+use tokio::sync::{oneshot, Notify};
 use tollgate_core::store::StoreError;
 
 /// Most jobs in one transaction.
@@ -55,18 +67,75 @@ struct State {
     looked_at: Instant,
 }
 
+/// The thread a job was queued from, and the task there that runs its jobs when woken.
+#[derive(Clone)]
+struct Origin {
+    id: usize,
+    wake: Arc<Notify>,
+}
+
+struct Queued {
+    origin: Origin,
+    job: Job,
+}
+
 #[derive(Default)]
 struct Queues {
-    request: Vec<Job>,
-    background: VecDeque<Job>,
+    request: Vec<Queued>,
+    background: VecDeque<Queued>,
+}
+
+impl Queues {
+    /// Up to [`MAX_BATCH`] request jobs of `origin`; else, when no request job of any
+    /// origin waits, its first background job.
+    fn take(&mut self, origin: usize) -> Vec<Job> {
+        let mut jobs = Vec::new();
+        let mut i = 0;
+        while i < self.request.len() && jobs.len() < MAX_BATCH {
+            if self.request[i].origin.id == origin {
+                jobs.push(self.request.remove(i).job);
+            } else {
+                i += 1;
+            }
+        }
+        if jobs.is_empty() && self.request.is_empty() {
+            if let Some(i) = self.background.iter().position(|q| q.origin.id == origin) {
+                if let Some(q) = self.background.remove(i) {
+                    jobs.push(q.job);
+                }
+            }
+        }
+        jobs
+    }
+
+    /// The origins with a job that could run now: request jobs, or background jobs when no
+    /// request job waits.
+    fn runnable(&self) -> Vec<&Origin> {
+        let mut out: Vec<&Origin> = Vec::new();
+        let pending: Box<dyn Iterator<Item = &Queued>> = if self.request.is_empty() {
+            Box::new(self.background.iter())
+        } else {
+            Box::new(self.request.iter())
+        };
+        for q in pending {
+            if !out.iter().any(|o| o.id == q.origin.id) {
+                out.push(&q.origin);
+            }
+        }
+        out
+    }
 }
 
 struct Shared {
     state: Mutex<State>,
     queues: Mutex<Queues>,
+    /// Whether request jobs are queued: a long background job stops early for them.
+    requests_waiting: AtomicBool,
     /// Bumped whenever committed rows may have changed outside the book's knowledge; caches
     /// of committed rows (the key cache) compare it.
     epoch: Arc<AtomicU64>,
+    origins: ThreadLocal<Origin>,
+    next_origin: AtomicUsize,
 }
 
 #[derive(Clone)]
@@ -74,22 +143,16 @@ pub(crate) struct Combiner {
     shared: Arc<Shared>,
 }
 
-/// What a job sees: the book, and the write connection through savepoints.
-pub(crate) struct Batch<'a> {
-    conn: &'a Connection,
-    pub book: &'a mut Book,
-    txn: Txn,
-    data_version: &'a mut i64,
-    epoch: &'a AtomicU64,
-    /// Account balances settlements moved, written once per account before anything else
-    /// touches the database and before the commit.
-    balances: Vec<(String, i64)>,
-}
+/// Hands the write state over when dropped while set: a job that panics must not leave the
+/// other origins' jobs waiting for a hand-over that never comes.
+struct HandOverOnDrop<'a>(Option<&'a Combiner>);
 
-enum Txn {
-    NotBegun,
-    Open,
-    Failed(String),
+impl Drop for HandOverOnDrop<'_> {
+    fn drop(&mut self) {
+        if let Some(c) = self.0 {
+            c.hand_over(None);
+        }
+    }
 }
 
 /// The write state if no one else has it. A panic in an earlier job poisons nothing that
@@ -120,9 +183,36 @@ impl Combiner {
                     looked_at: Instant::now(),
                 }),
                 queues: Mutex::new(Queues::default()),
+                requests_waiting: AtomicBool::new(false),
                 epoch,
+                origins: ThreadLocal::new(),
+                next_origin: AtomicUsize::new(0),
             }),
         }
+    }
+
+    /// This thread's origin; the first use on a thread starts the task that runs the
+    /// thread's jobs when another thread hands the write state over. Call within a runtime.
+    fn origin(&self) -> Origin {
+        self.shared
+            .origins
+            .get_or(|| {
+                let origin = Origin {
+                    id: self.shared.next_origin.fetch_add(1, Ordering::Relaxed),
+                    wake: Arc::new(Notify::new()),
+                };
+                let (id, wake) = (origin.id, origin.wake.clone());
+                let weak: Weak<Shared> = Arc::downgrade(&self.shared);
+                tokio::spawn(async move {
+                    loop {
+                        wake.notified().await;
+                        let Some(shared) = weak.upgrade() else { return };
+                        Combiner { shared }.combine(id);
+                    }
+                });
+                origin
+            })
+            .clone()
     }
 
     /// Runs `f` in the request lane and returns its result once its batch committed.
@@ -155,48 +245,79 @@ impl Combiner {
                 let _ = tx.send(result);
             })
         });
+        let origin = self.origin();
+        let id = origin.id;
         {
             let mut q = lock(&self.shared.queues);
+            let queued = Queued { origin, job };
             match lane {
-                Lane::Request | Lane::Commit => q.request.push(job),
-                Lane::Background => q.background.push_back(job),
+                Lane::Request | Lane::Commit => {
+                    q.request.push(queued);
+                    self.shared.requests_waiting.store(true, Ordering::Relaxed);
+                }
+                Lane::Background => q.background.push_back(queued),
             }
         }
         if lane == Lane::Commit {
             tokio::task::yield_now().await;
         }
-        self.combine();
+        self.combine(id);
         rx.await
             .map_err(|_| StoreError::Database("the SQLite writer dropped a job".into()))?
     }
 
-    /// Runs queued jobs while the write state is free and jobs wait. Whoever holds the state
-    /// looks at the queue again after letting it go, so no queued job is left behind.
-    fn combine(&self) {
+    /// Runs `origin`'s queued jobs while the write state is free, then hands it over.
+    fn combine(&self, origin: usize) {
         loop {
+            // Declared before the state so that, if a job panics, the state is let go first.
+            let mut unwinding = HandOverOnDrop(Some(self));
             let Some(mut state) = try_lock(&self.shared.state) else {
+                // Its holder hands over when it lets go.
+                unwinding.0 = None;
                 return;
             };
             loop {
                 let jobs = {
                     let mut q = lock(&self.shared.queues);
-                    if !q.request.is_empty() {
-                        let n = q.request.len().min(MAX_BATCH);
-                        q.request.drain(..n).collect::<Vec<_>>()
-                    } else if let Some(job) = q.background.pop_front() {
-                        vec![job]
-                    } else {
-                        break;
-                    }
+                    let jobs = q.take(origin);
+                    self.shared
+                        .requests_waiting
+                        .store(!q.request.is_empty(), Ordering::Relaxed);
+                    jobs
                 };
+                if jobs.is_empty() {
+                    break;
+                }
                 self.run_batch(&mut state, jobs);
             }
             drop(state);
-            let q = lock(&self.shared.queues);
-            if q.request.is_empty() && q.background.is_empty() {
+            unwinding.0 = None;
+            if !self.hand_over(Some(origin)) {
                 return;
             }
         }
+    }
+
+    /// After letting the write state go: wakes every other origin with a job that could
+    /// run, and says whether `me` has one (it runs it itself). A job queued after this look
+    /// is run by the thread that queued it, which finds the state free or held by someone
+    /// who will look again.
+    fn hand_over(&self, me: Option<usize>) -> bool {
+        let (mine, others) = {
+            let q = lock(&self.shared.queues);
+            let runnable = q.runnable();
+            let mine = runnable.iter().any(|o| Some(o.id) == me);
+            let others: Vec<Arc<Notify>> = runnable
+                .into_iter()
+                .filter(|o| Some(o.id) != me)
+                .map(|o| o.wake.clone())
+                .collect();
+            (mine, others)
+        };
+        for wake in others {
+            wake.notify_one();
+        }
+        mine
     }
 
     fn run_batch(&self, state: &mut State, jobs: Vec<Job>) {
@@ -220,6 +341,7 @@ impl Combiner {
             txn: Txn::NotBegun,
             data_version,
             epoch: &self.shared.epoch,
+            requests_waiting: &self.shared.requests_waiting,
             balances: Vec::new(),
         };
         let completions: Vec<Completion> = jobs.into_iter().map(|job| job(&mut batch)).collect();
@@ -278,8 +400,8 @@ impl Combiner {
         };
         self.look_outside(&mut state);
         drop(state);
-        // Jobs queued while this held the state are run by whoever looks next: this caller.
-        self.combine();
+        // Jobs queued while this held the state: their origins are woken.
+        self.hand_over(None);
     }
 
     /// Runs `f` while no batch runs (jobs queue meanwhile), then runs what queued.
@@ -287,7 +409,7 @@ impl Combiner {
         let state = lock(&self.shared.state);
         let result = f();
         drop(state);
-        self.combine();
+        self.hand_over(None);
         result
     }
 
@@ -303,124 +425,6 @@ impl Combiner {
                 let _ = combiner.run(|_| Ok::<_, StoreError>(())).await;
             }
         });
-    }
-}
-
-impl Batch<'_> {
-    /// Begins the batch's write transaction if it has not begun. Inside it no other
-    /// connection can commit, so once the data version is checked here the book's committed
-    /// figures are exact until the commit.
-    pub fn begin(&mut self) -> Result<(), StoreError> {
-        if let Txn::NotBegun = self.txn {
-            self.txn = match run_cached(self.conn, "BEGIN IMMEDIATE") {
-                Ok(()) => match read_data_version(self.conn) {
-                    Ok(v) => {
-                        if v != *self.data_version {
-                            *self.data_version = v;
-                            self.book.forget_committed();
-                            self.epoch.fetch_add(1, Ordering::Release);
-                        }
-                        Txn::Open
-                    }
-                    Err(e) => Txn::Failed(e.to_string()),
-                },
-                Err(e) => {
-                    tracing::error!(error = %e, "SQLite write transaction could not begin");
-                    Txn::Failed(e.to_string())
-                }
-            };
-        }
-        match &self.txn {
-            Txn::Failed(e) => Err(StoreError::Database(e.clone())),
-            _ => Ok(()),
-        }
-    }
-
-    /// Runs `f` inside its own savepoint of the batch's write transaction, beginning the
-    /// transaction on first use. An `Err` from `f` rolls back only `f`'s own writes.
-    pub fn write<T, E, F>(&mut self, f: F) -> Result<T, E>
-    where
-        E: From<StoreError>,
-        F: FnOnce(&Connection) -> Result<T, E>,
-    {
-        self.begin()?;
-        self.flush_balances();
-        if let Txn::Failed(e) = &self.txn {
-            return Err(StoreError::Database(e.clone()).into());
-        }
-        let sql = |s: &str| run_cached(self.conn, s).map_err(|e| E::from(super::db(e)));
-        sql("SAVEPOINT job")?;
-        match f(self.conn) {
-            Ok(v) => {
-                sql("RELEASE job")?;
-                Ok(v)
-            }
-            Err(e) => {
-                sql("ROLLBACK TO job")?;
-                sql("RELEASE job")?;
-                Err(e)
-            }
-        }
-    }
-
-    /// Runs `f` in the batch's write transaction without a savepoint of its own, for a job
-    /// whose statements fail only when the database does: an `Err` from `f` fails the whole
-    /// batch (it is rolled back and every job in it reports the error).
-    pub fn write_all_or_nothing<T>(
-        &mut self,
-        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
-        self.begin()?;
-        match f(self.conn) {
-            Ok(v) => Ok(v),
-            Err(e) => {
-                self.fail(&e);
-                Err(e)
-            }
-        }
-    }
-
-    /// Sets an account's balance in the book and writes it before the commit (one update
-    /// per account however many settlements moved it). Call inside the write transaction.
-    pub fn defer_balance(&mut self, account_id: &str, balance: i64) {
-        self.book.set_balance(account_id, balance);
-        match self.balances.iter_mut().find(|(a, _)| a == account_id) {
-            Some((_, b)) => *b = balance,
-            None => self.balances.push((account_id.to_owned(), balance)),
-        }
-    }
-
-    /// The write connection for reads: it sees every committed row, its own and others',
-    /// and the balances this batch has moved so far.
-    pub fn conn(&mut self) -> &Connection {
-        self.flush_balances();
-        self.conn
-    }
-
-    fn flush_balances(&mut self) {
-        if self.balances.is_empty() {
-            return;
-        }
-        let balances = std::mem::take(&mut self.balances);
-        let written = self
-            .conn
-            .prepare_cached("UPDATE accounts SET balance = ?1 WHERE id = ?2")
-            .and_then(|mut st| {
-                for (account, balance) in &balances {
-                    st.execute(rusqlite::params![balance, account])?;
-                }
-                Ok(())
-            });
-        if let Err(e) = written {
-            self.fail(&super::db(e));
-        }
-    }
-
-    fn fail(&mut self, e: &StoreError) {
-        tracing::error!(error = %e, "a SQLite write failed; the whole batch is rolled back");
-        if !matches!(self.txn, Txn::Failed(_)) {
-            self.txn = Txn::Failed(e.to_string());
-        }
     }
 }
 
@@ -530,6 +534,56 @@ mod tests {
         assert!(crashed.is_err(), "the job's task panicked");
         insert(&c, 8, false).await.expect("the next job runs");
         assert_eq!(rows(&path), vec![8]);
+    }
+
+    #[test]
+    fn each_thread_runs_its_own_jobs_after_a_hand_over() {
+        let (_dir, path, c, _) = open();
+        let (paused_tx, paused_rx) = std::sync::mpsc::channel();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let held = c.clone();
+        let pause = std::thread::spawn(move || {
+            held.pause_writes(|| {
+                paused_tx.send(()).expect("test alive");
+                release_rx.recv().expect("test alive");
+            })
+        });
+        paused_rx.recv().expect("the write path is paused");
+        // Two threads, each with its own runtime, queue a job while the state is held.
+        let workers: Vec<_> = (0..2)
+            .map(|i| {
+                let c = c.clone();
+                std::thread::spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .expect("runtime");
+                    rt.block_on(async move {
+                        let ran_on = c
+                            .run(move |b| {
+                                b.write(|conn| {
+                                    conn.execute("INSERT INTO t (x) VALUES (?1)", [i])
+                                        .map_err(super::super::db)
+                                })?;
+                                Ok::<_, StoreError>(std::thread::current().id())
+                            })
+                            .await
+                            .expect("the job ran");
+                        (ran_on, std::thread::current().id())
+                    })
+                })
+            })
+            .collect();
+        while lock(&c.shared.queues).request.len() < 2 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        release_tx.send(()).expect("pause alive");
+        pause.join().expect("pause thread");
+        for w in workers {
+            let (ran_on, origin) = w.join().expect("worker");
+            assert_eq!(ran_on, origin, "a job runs on the thread that queued it");
+        }
+        assert_eq!(rows(&path), vec![0, 1]);
     }
 
     #[tokio::test]

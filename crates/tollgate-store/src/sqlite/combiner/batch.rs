@@ -1,0 +1,151 @@
+//! What a job sees of a batch: the book of live holds, and the write connection, through one
+//! write transaction per batch (begun at the first write) and a savepoint per job.
+
+use super::super::book::Book;
+use super::{read_data_version, run_cached};
+use rusqlite::Connection;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use tollgate_core::store::StoreError;
+
+/// What a job sees: the book, and the write connection through savepoints.
+pub(crate) struct Batch<'a> {
+    pub(super) conn: &'a Connection,
+    pub book: &'a mut Book,
+    pub(super) txn: Txn,
+    pub(super) data_version: &'a mut i64,
+    pub(super) epoch: &'a AtomicU64,
+    pub(super) requests_waiting: &'a AtomicBool,
+    /// Account balances settlements moved, written once per account before anything else
+    /// touches the database and before the commit.
+    pub(super) balances: Vec<(String, i64)>,
+}
+
+pub(super) enum Txn {
+    NotBegun,
+    Open,
+    Failed(String),
+}
+
+impl<'a> Batch<'a> {
+    /// Set while request jobs wait for the write path: a background job that can stop
+    /// part-way should.
+    pub fn requests_waiting(&self) -> &'a AtomicBool {
+        self.requests_waiting
+    }
+
+    /// Begins the batch's write transaction if it has not begun. Inside it no other
+    /// connection can commit, so once the data version is checked here the book's committed
+    /// figures are exact until the commit.
+    pub fn begin(&mut self) -> Result<(), StoreError> {
+        if let Txn::NotBegun = self.txn {
+            self.txn = match run_cached(self.conn, "BEGIN IMMEDIATE") {
+                Ok(()) => match read_data_version(self.conn) {
+                    Ok(v) => {
+                        if v != *self.data_version {
+                            *self.data_version = v;
+                            self.book.forget_committed();
+                            self.epoch.fetch_add(1, Ordering::Release);
+                        }
+                        Txn::Open
+                    }
+                    Err(e) => Txn::Failed(e.to_string()),
+                },
+                Err(e) => {
+                    tracing::error!(error = %e, "SQLite write transaction could not begin");
+                    Txn::Failed(e.to_string())
+                }
+            };
+        }
+        match &self.txn {
+            Txn::Failed(e) => Err(StoreError::Database(e.clone())),
+            _ => Ok(()),
+        }
+    }
+
+    /// Runs `f` inside its own savepoint of the batch's write transaction, beginning the
+    /// transaction on first use. An `Err` from `f` rolls back only `f`'s own writes.
+    pub fn write<T, E, F>(&mut self, f: F) -> Result<T, E>
+    where
+        E: From<StoreError>,
+        F: FnOnce(&Connection) -> Result<T, E>,
+    {
+        self.begin()?;
+        self.flush_balances();
+        if let Txn::Failed(e) = &self.txn {
+            return Err(StoreError::Database(e.clone()).into());
+        }
+        let sql = |s: &str| run_cached(self.conn, s).map_err(|e| E::from(super::super::db(e)));
+        sql("SAVEPOINT job")?;
+        match f(self.conn) {
+            Ok(v) => {
+                sql("RELEASE job")?;
+                Ok(v)
+            }
+            Err(e) => {
+                sql("ROLLBACK TO job")?;
+                sql("RELEASE job")?;
+                Err(e)
+            }
+        }
+    }
+
+    /// Runs `f` in the batch's write transaction without a savepoint of its own, for a job
+    /// whose statements fail only when the database does: an `Err` from `f` fails the whole
+    /// batch (it is rolled back and every job in it reports the error).
+    pub fn write_all_or_nothing<T>(
+        &mut self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.begin()?;
+        match f(self.conn) {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                self.fail(&e);
+                Err(e)
+            }
+        }
+    }
+
+    /// Sets an account's balance in the book and writes it before the commit (one update
+    /// per account however many settlements moved it). Call inside the write transaction.
+    pub fn defer_balance(&mut self, account_id: &str, balance: i64) {
+        self.book.set_balance(account_id, balance);
+        match self.balances.iter_mut().find(|(a, _)| a == account_id) {
+            Some((_, b)) => *b = balance,
+            None => self.balances.push((account_id.to_owned(), balance)),
+        }
+    }
+
+    /// The write connection for reads: it sees every committed row, its own and others',
+    /// and the balances this batch has moved so far.
+    pub fn conn(&mut self) -> &Connection {
+        self.flush_balances();
+        self.conn
+    }
+
+    pub(super) fn flush_balances(&mut self) {
+        if self.balances.is_empty() {
+            return;
+        }
+        let balances = std::mem::take(&mut self.balances);
+        let written = self
+            .conn
+            .prepare_cached("UPDATE accounts SET balance = ?1 WHERE id = ?2")
+            .and_then(|mut st| {
+                for (account, balance) in &balances {
+                    st.execute(rusqlite::params![balance, account])?;
+                }
+                Ok(())
+            });
+        if let Err(e) = written {
+            self.fail(&super::super::db(e));
+        }
+    }
+
+    fn fail(&mut self, e: &StoreError) {
+        tracing::error!(error = %e, "a SQLite write failed; the whole batch is rolled back");
+        if !matches!(self.txn, Txn::Failed(_)) {
+            self.txn = Txn::Failed(e.to_string());
+        }
+    }
+}
