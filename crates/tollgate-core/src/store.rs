@@ -5,6 +5,8 @@ use crate::keys::{ApiKey, KeyKind, SpendLimit};
 use crate::money::Credits;
 use crate::usage::UsageRecord;
 use chrono::{DateTime, Utc};
+use futures::future::BoxFuture;
+use std::sync::Arc;
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -270,6 +272,39 @@ pub trait Store: Send + Sync + 'static {
 
     async fn hold(&self, req: HoldRequest) -> Result<Hold, HoldError>;
     async fn settle(&self, s: Settlement) -> Result<Settled, StoreError>;
+
+    /// Starts placing a hold now: it is placed (or refused) whether or not the returned
+    /// future is polled or dropped. A store whose hold is one job queued at once says so by
+    /// overriding this; the default runs [`Store::hold`] in a task of its own.
+    fn hold_detached(
+        self: Arc<Self>,
+        req: HoldRequest,
+    ) -> BoxFuture<'static, Result<Hold, HoldError>> {
+        let task = tokio::spawn(async move { self.hold(req).await });
+        Box::pin(async move {
+            task.await.unwrap_or_else(|_| {
+                Err(HoldError::Store(StoreError::Database(
+                    "the hold task ended early".into(),
+                )))
+            })
+        })
+    }
+
+    /// Starts a settlement now: it completes whether or not the returned future is polled
+    /// or dropped. The default runs [`Store::settle`] in a task of its own.
+    fn settle_detached(
+        self: Arc<Self>,
+        s: Settlement,
+    ) -> BoxFuture<'static, Result<Settled, StoreError>> {
+        let task = tokio::spawn(async move { self.settle(s).await });
+        Box::pin(async move {
+            task.await.unwrap_or_else(|_| {
+                Err(StoreError::Database(
+                    "the settlement task ended early".into(),
+                ))
+            })
+        })
+    }
     /// Called once by a node before it serves: a store that only one process may serve from
     /// (SQLite) takes its lock here and fails when another process holds it.
     async fn claim_serving(&self) -> Result<(), StoreError> {

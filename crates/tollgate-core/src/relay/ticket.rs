@@ -11,38 +11,72 @@ use crate::money::Credits;
 use crate::store::{Hold, HoldError, HoldRequest, Settled, Settlement, StoreError};
 use crate::usage::{UsageRecord, UsageStatus};
 use chrono::{DateTime, Utc};
+use futures::future::BoxFuture;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 use tollgate_protocol::openai::Usage;
 use tollgate_protocol::tokens;
 
-/// Places a hold in its own task. If the request is cancelled while the hold is being
-/// placed (the client went away), the task releases the hold as soon as it exists.
+/// Places a hold. The store starts it detached (it happens whether or not this future is
+/// polled to the end); if the request is cancelled before the answer arrives (the client
+/// went away), a task waits for the answer and releases the hold.
 pub(crate) async fn place_hold(
     inner: &Arc<Inner>,
     req: HoldRequest,
     model: String,
 ) -> Result<Hold, HoldError> {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let task_inner = inner.clone();
-    inner.tasks.spawn(async move {
-        let release = Settlement {
-            hold_id: req.id.clone(),
-            account_id: req.account_id.clone(),
-            charge: Credits::ZERO,
-            model,
-            key_period_start: req.key_limit.map(|(_, start)| start),
-        };
-        let result = task_inner.store.hold(req).await;
-        if let Err(Ok(_)) = tx.send(result) {
-            if let Err(e) = task_inner.store.settle(release).await {
-                tracing::error!(error = %e, "releasing the hold of a cancelled request failed; it lapses with its lease");
+    let release = Settlement {
+        hold_id: req.id.clone(),
+        account_id: req.account_id.clone(),
+        charge: Credits::ZERO,
+        model,
+        key_period_start: req.key_limit.map(|(_, start)| start),
+    };
+    let pending = inner.store.clone().hold_detached(req);
+    HoldWait {
+        inner: inner.clone(),
+        pending: Some((pending, release)),
+    }
+    .wait()
+    .await
+}
+
+/// A hold being placed; released if abandoned before its answer was taken.
+struct HoldWait {
+    inner: Arc<Inner>,
+    pending: Option<(BoxFuture<'static, Result<Hold, HoldError>>, Settlement)>,
+}
+
+impl HoldWait {
+    async fn wait(mut self) -> Result<Hold, HoldError> {
+        let result = match self.pending.as_mut() {
+            Some((pending, _)) => pending.await,
+            None => {
+                return Err(HoldError::Store(StoreError::Database(
+                    "no hold pending".into(),
+                )))
             }
-        }
-    });
-    rx.await
-        .map_err(|_| HoldError::Store(StoreError::Database("the hold task ended early".into())))?
+        };
+        self.pending = None;
+        result
+    }
+}
+
+impl Drop for HoldWait {
+    fn drop(&mut self) {
+        let Some((pending, release)) = self.pending.take() else {
+            return;
+        };
+        let store = self.inner.store.clone();
+        self.inner.tasks.spawn(async move {
+            if pending.await.is_ok() {
+                if let Err(e) = store.settle(release).await {
+                    tracing::error!(error = %e, "releasing the hold of a cancelled request failed; it lapses with its lease");
+                }
+            }
+        });
+    }
 }
 
 /// Everything settlement needs, captured when the hold was made.
@@ -100,36 +134,82 @@ impl Ticket {
             .expect("a ticket's bill is present until it is settled")
     }
 
-    /// Settles now and waits until the charge is committed. The settlement runs in its own
-    /// task, so cancelling the caller cannot cut it in half.
+    /// Settles now and waits until the charge is committed. The settlement is started
+    /// detached, and if the caller is cancelled before it is answered, a task finishes it
+    /// (the usage row included): cancelling the caller cannot cut it in half.
     pub async fn settle(mut self, outcome: Outcome) -> Result<(Credits, Usage), Error> {
         let Some(bill) = self.bill.take() else {
             return Err(Error::Internal);
         };
-        let inner = self.inner.clone();
-        let task = self
-            .inner
-            .tasks
-            .spawn(async move { settle(&inner, bill, outcome).await });
-        task.await.map_err(|_| Error::Internal)?
+        Settling::start(&self.inner, bill, outcome).finish().await
     }
 }
 
 impl Drop for Ticket {
     fn drop(&mut self) {
         if let Some(bill) = self.bill.take() {
-            let inner = self.inner.clone();
             let outcome = if bill.delivered.is_empty() && bill.upstream_usage.is_none() {
                 Outcome::Failed("client_closed")
             } else {
                 Outcome::Cut("client_closed")
             };
-            self.inner.tasks.spawn(async move {
-                if let Err(e) = settle(&inner, bill, outcome).await {
-                    tracing::error!(error = %e, "settling a dropped request failed; its hold lapses with its lease");
-                }
-            });
+            // Dropped at once: its task finishes it.
+            drop(Settling::start(&self.inner, bill, outcome));
         }
+    }
+}
+
+/// The store's answer to a settlement, still to come.
+type SettledLater = BoxFuture<'static, Result<Settled, StoreError>>;
+
+/// A settlement under way: the store's answer to wait for, then the usage row to write.
+struct Settling {
+    inner: Arc<Inner>,
+    pending: Option<(SettledLater, Bill, Usage, Outcome)>,
+}
+
+impl Settling {
+    /// Works out the charge and starts the store's settlement.
+    fn start(inner: &Arc<Inner>, bill: Bill, outcome: Outcome) -> Self {
+        let usage = usage_for(&bill, outcome);
+        let charge = charge_for(inner, &bill, &usage);
+        let pending = inner.store.clone().settle_detached(Settlement {
+            hold_id: bill.inference_id.clone(),
+            account_id: bill.account_id.clone(),
+            charge,
+            model: bill.model.clone(),
+            key_period_start: bill.key_period_start,
+        });
+        Self {
+            inner: inner.clone(),
+            pending: Some((pending, bill, usage, outcome)),
+        }
+    }
+
+    async fn finish(mut self) -> Result<(Credits, Usage), Error> {
+        let Some((pending, ..)) = self.pending.as_mut() else {
+            return Err(Error::Internal);
+        };
+        let settled = pending.await;
+        let Some((_, bill, usage, outcome)) = self.pending.take() else {
+            return Err(Error::Internal);
+        };
+        record(&self.inner, bill, usage, outcome, settled)
+    }
+}
+
+impl Drop for Settling {
+    fn drop(&mut self) {
+        let Some((pending, bill, usage, outcome)) = self.pending.take() else {
+            return;
+        };
+        let inner = self.inner.clone();
+        self.inner.tasks.spawn(async move {
+            let settled = pending.await;
+            if let Err(e) = record(&inner, bill, usage, outcome, settled) {
+                tracing::error!(error = %e, "settling a dropped request failed; its hold lapses with its lease");
+            }
+        });
     }
 }
 
@@ -145,10 +225,11 @@ fn usage_for(bill: &Bill, outcome: Outcome) -> Usage {
     }
 }
 
-async fn settle(inner: &Inner, bill: Bill, outcome: Outcome) -> Result<(Credits, Usage), Error> {
-    let usage = usage_for(&bill, outcome);
-    let cost = bill.price.chat_cost(&usage);
-    let charge = if cost <= bill.held {
+/// What to charge for `usage`: its cost, capped at the hold unless the upstream returned
+/// more output than it was allowed (then the actual cost, logged and counted).
+fn charge_for(inner: &Inner, bill: &Bill, usage: &Usage) -> Credits {
+    let cost = bill.price.chat_cost(usage);
+    if cost <= bill.held {
         cost
     } else if usage.completion_tokens > bill.output_allowed {
         inner.overages.fetch_add(1, Ordering::Relaxed);
@@ -160,21 +241,21 @@ async fn settle(inner: &Inner, bill: Bill, outcome: Outcome) -> Result<(Credits,
         cost
     } else {
         bill.held
-    };
-    let settled = inner
-        .store
-        .settle(Settlement {
-            hold_id: bill.inference_id.clone(),
-            account_id: bill.account_id.clone(),
-            charge,
-            model: bill.model.clone(),
-            key_period_start: bill.key_period_start,
-        })
-        .await
-        .map_err(|e| {
-            tracing::error!(error = %e, inference_id = %bill.inference_id, "settlement failed");
-            Error::Internal
-        })?;
+    }
+}
+
+/// Takes the store's answer and writes the usage row.
+fn record(
+    inner: &Inner,
+    bill: Bill,
+    usage: Usage,
+    outcome: Outcome,
+    settled: Result<Settled, StoreError>,
+) -> Result<(Credits, Usage), Error> {
+    let settled = settled.map_err(|e| {
+        tracing::error!(error = %e, inference_id = %bill.inference_id, "settlement failed");
+        Error::Internal
+    })?;
     let charged = match settled {
         Settled::Charged(c) => c,
         Settled::AlreadySettled | Settled::HoldGone => Credits::ZERO,

@@ -13,6 +13,7 @@ mod reader;
 use crate::rows::{kind, limit, millis, scopes, time};
 use chrono::{DateTime, Utc};
 use combiner::{Combiner, Lane};
+use futures::future::BoxFuture;
 use keycache::KeyCache;
 use reader::Readers;
 use rusqlite::{params, Connection, OptionalExtension, Row};
@@ -135,6 +136,16 @@ impl SqliteStore {
                 }))
             })
             .await
+    }
+
+    /// Queues a settlement at once (it runs even if the future is dropped).
+    fn settle_detached_ref(
+        &self,
+        s: Settlement,
+    ) -> impl std::future::Future<Output = Result<Settled, StoreError>> + Send + 'static {
+        self.writer.submit(Lane::Commit, move |b| {
+            ops::settle(b, &s, millis(Utc::now()))
+        })
     }
 
     /// Takes the database's serve lock: one process serves from a SQLite file, because live
@@ -293,11 +304,26 @@ impl Store for SqliteStore {
     }
 
     async fn settle(&self, s: Settlement) -> Result<Settled, StoreError> {
-        self.writer
-            .run_in(Lane::Commit, move |b| {
-                ops::settle(b, &s, millis(Utc::now()))
-            })
-            .await
+        self.settle_detached_ref(s).await
+    }
+
+    /// The hold is one job, queued (and, when the write path is free, run) before this
+    /// returns: no task is needed to protect it.
+    fn hold_detached(
+        self: Arc<Self>,
+        req: HoldRequest,
+    ) -> BoxFuture<'static, Result<Hold, HoldError>> {
+        Box::pin(
+            self.writer
+                .submit(Lane::Request, move |b| ops::hold(b, &req)),
+        )
+    }
+
+    fn settle_detached(
+        self: Arc<Self>,
+        s: Settlement,
+    ) -> BoxFuture<'static, Result<Settled, StoreError>> {
+        Box::pin(self.settle_detached_ref(s))
     }
 
     async fn claim_serving(&self) -> Result<(), StoreError> {

@@ -143,6 +143,29 @@ pub(crate) struct Combiner {
     shared: Arc<Shared>,
 }
 
+/// A queued job not yet combined: combining happens at the latest when this is dropped, so
+/// a job whose caller went away still runs.
+struct CombineOnDrop {
+    combiner: Combiner,
+    origin: usize,
+    armed: bool,
+}
+
+impl CombineOnDrop {
+    fn combine(&mut self) {
+        self.armed = false;
+        self.combiner.combine(self.origin);
+    }
+}
+
+impl Drop for CombineOnDrop {
+    fn drop(&mut self) {
+        if self.armed {
+            self.combiner.combine(self.origin);
+        }
+    }
+}
+
 /// Hands the write state over when dropped while set: a job that panics must not leave the
 /// other origins' jobs waiting for a hand-over that never comes.
 struct HandOverOnDrop<'a>(Option<&'a Combiner>);
@@ -232,6 +255,22 @@ impl Combiner {
         E: From<StoreError> + Send + 'static,
         F: FnOnce(&mut Batch<'_>) -> Result<T, E> + Send + 'static,
     {
+        self.submit(lane, f).await
+    }
+
+    /// Queues `f` now and returns its result's future. The job runs whether or not the
+    /// future is polled: a request-lane job is combined before this returns (when the write
+    /// state is free), a commit-lane job when the future first yields or is dropped.
+    pub fn submit<T, E, F>(
+        &self,
+        lane: Lane,
+        f: F,
+    ) -> impl std::future::Future<Output = Result<T, E>> + Send + 'static
+    where
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+        F: FnOnce(&mut Batch<'_>) -> Result<T, E> + Send + 'static,
+    {
         let (tx, rx) = oneshot::channel::<Result<T, E>>();
         let job: Job = Box::new(move |batch| {
             let outcome = f(batch);
@@ -246,7 +285,11 @@ impl Combiner {
             })
         });
         let origin = self.origin();
-        let id = origin.id;
+        let mut pending = CombineOnDrop {
+            combiner: self.clone(),
+            origin: origin.id,
+            armed: true,
+        };
         {
             let mut q = lock(&self.shared.queues);
             let queued = Queued { origin, job };
@@ -258,12 +301,17 @@ impl Combiner {
                 Lane::Background => q.background.push_back(queued),
             }
         }
-        if lane == Lane::Commit {
-            tokio::task::yield_now().await;
+        if lane != Lane::Commit {
+            pending.combine();
         }
-        self.combine(id);
-        rx.await
-            .map_err(|_| StoreError::Database("the SQLite writer dropped a job".into()))?
+        async move {
+            if pending.armed {
+                tokio::task::yield_now().await;
+                pending.combine();
+            }
+            rx.await
+                .map_err(|_| StoreError::Database("the SQLite writer dropped a job".into()))?
+        }
     }
 
     /// Runs `origin`'s queued jobs while the write state is free, then hands it over.
