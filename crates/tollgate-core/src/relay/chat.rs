@@ -107,8 +107,12 @@ impl Relay {
                 }
                 let (credits, _) = ticket.settle(Outcome::Done).await?;
                 let usd = settings.rate.usd(credits);
-                let meta = json!({"usage": {"credits_used": credits.0, "usd_spent": settings.rate.usd_json(credits)}});
-                let body = completion.render(&admission.model.id, &meta);
+                // The exact decimal USD string is a JSON number as it stands.
+                let meta = format!(
+                    r#"{{"usage":{{"credits_used":{},"usd_spent":{usd}}}}}"#,
+                    credits.0
+                );
+                let body = completion.render(&admission.model.id, meta.as_bytes());
                 Ok(ChatReply {
                     inference_id,
                     body: ReplyBody::Json { body, credits, usd },

@@ -26,7 +26,9 @@ pub async fn read(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes
         return Err(ApiError::PayloadTooLarge { limit });
     }
     let mut body = body;
-    let mut buf = bytes::BytesMut::new();
+    // Sized once from the declared length (within the limit), not grown chunk by chunk.
+    let mut buf =
+        bytes::BytesMut::with_capacity(declared.map_or(0, |n| n.min(limit as u64) as usize));
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| {
             Error::Body(BodyError::Malformed(format!(

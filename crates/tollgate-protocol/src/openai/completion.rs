@@ -69,20 +69,19 @@ impl ChatCompletion {
         }
     }
 
-    /// The response with `model` set to `model` and a `meta` field holding `meta` (a JSON
-    /// object), every other field as the upstream sent it.
-    pub fn render(&self, model: &str, meta: &Value) -> Vec<u8> {
+    /// The response with `model` set to `model` and a `meta` field holding `meta` (the JSON
+    /// text of an object), every other field as the upstream sent it.
+    pub fn render(&self, model: &str, meta: &[u8]) -> Vec<u8> {
         let model = json_string(model);
-        let meta = meta.to_string();
         let mut out = Vec::with_capacity(self.obj.text().len() + 96);
         self.obj.write_to(
             &mut out,
             |k| match k {
                 "model" => Edit::Replace(&model),
-                "meta" => Edit::Replace(meta.as_bytes()),
+                "meta" => Edit::Replace(meta),
                 _ => Edit::Keep,
             },
-            &[("model", &model), ("meta", meta.as_bytes())],
+            &[("model", &model), ("meta", meta)],
         );
         out
     }
@@ -120,15 +119,15 @@ mod tests {
     fn renders_with_model_and_meta_replaced_and_everything_else_kept() {
         let raw = br#"{"id":"c1","model":"up","meta":{"x":1},"choices":[{"message":{"content":"h\u00e9\"i"}}],"x":[1,2.50,null],"model":"again","we\"ird":true}"#;
         let c = ChatCompletion::parse(raw.to_vec()).unwrap();
-        let meta = json!({"usage": {"credits_used": 7}});
-        let out: Value = serde_json::from_slice(&c.render("tollgate/m", &meta)).unwrap();
+        let meta = br#"{"usage": {"credits_used": 7}}"#;
+        let out: Value = serde_json::from_slice(&c.render("tollgate/m", meta)).unwrap();
         assert_eq!(
             out,
             json!({"id":"c1","model":"tollgate/m","meta":{"usage":{"credits_used":7}},
                    "choices":[{"message":{"content":"hé\"i"}}],"x":[1,2.50,null],"we\"ird":true})
         );
         let bare = ChatCompletion::parse(br#"{"choices":[]}"#.to_vec()).unwrap();
-        let out: Value = serde_json::from_slice(&bare.render("m", &json!({}))).unwrap();
+        let out: Value = serde_json::from_slice(&bare.render("m", b"{}")).unwrap();
         assert_eq!(out, json!({"choices":[],"model":"m","meta":{}}));
     }
 

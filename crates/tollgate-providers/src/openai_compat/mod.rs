@@ -81,7 +81,7 @@ impl ChatProvider for OpenAiCompat {
             Ok(Err(_)) => return Err(ProviderError::Cut),
             Ok(Ok(b)) => b.to_bytes(),
         };
-        ChatCompletion::parse(bytes.to_vec())
+        ChatCompletion::parse(Vec::from(bytes))
             .map(ChatReply::Complete)
             .map_err(ProviderError::Invalid)
     }
