@@ -10,11 +10,15 @@ const URL_SAFE: &[u8; 64] = b"-0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ_abcdefghijkl
 pub fn inference_id() -> String {
     let ms = u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or(0);
     let mut rng = rand::thread_rng();
-    let time = (0..8)
-        .rev()
-        .map(|i| URL_SAFE[((ms >> (6 * i)) & 63) as usize]);
-    let random = (0..13).map(|_| URL_SAFE[rng.gen_range(0..64)]);
-    time.chain(random).map(char::from).collect()
+    let mut id = [0u8; 21];
+    for (i, b) in id[..8].iter_mut().enumerate() {
+        *b = URL_SAFE[((ms >> (6 * (7 - i))) & 63) as usize];
+    }
+    let bits: u128 = rng.gen();
+    for (i, b) in id[8..].iter_mut().enumerate() {
+        *b = URL_SAFE[((bits >> (6 * i)) & 63) as usize];
+    }
+    String::from_utf8(id.to_vec()).expect("the alphabet is ASCII")
 }
 
 /// Whether a client-supplied request id is acceptable: 1–128 of `A–Z a–z 0–9 . _ : -`.

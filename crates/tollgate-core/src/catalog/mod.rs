@@ -6,7 +6,7 @@ mod model;
 pub use load::{CatalogError, CatalogSource};
 pub use model::{Model, ModelType, PriceList, RouteSpec};
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::Arc;
 
 /// Every servable model, looked up by id or alias, case-insensitively.

@@ -8,7 +8,7 @@
 //! connection has committed (it looks at least every millisecond the write path is used),
 //! so a check here sees what the database says.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 
 /// Above this many cached accounts or keys, idle entries (no live hold) are dropped.
 const CACHE_LIMIT: usize = 65_536;
@@ -171,7 +171,7 @@ impl Book {
     /// Per account: the held total, the sum of its live holds (counted independently), and
     /// how many of them outlived their lease at `now`.
     pub fn figures(&self, now: i64) -> HashMap<&str, AccountFigures> {
-        let mut out: HashMap<&str, AccountFigures> = HashMap::new();
+        let mut out: HashMap<&str, AccountFigures> = HashMap::default();
         for (id, a) in &self.accounts {
             if a.held != 0 || a.holds != 0 {
                 out.insert(

@@ -4,7 +4,7 @@
 //! or account may have changed (its own writes to them, or any commit by another process),
 //! and an entry from an earlier epoch is read again.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tollgate_core::accounts::Account;
@@ -24,7 +24,7 @@ impl KeyCache {
     pub fn new(epoch: Arc<AtomicU64>) -> Self {
         Self {
             epoch,
-            entries: Mutex::new(HashMap::new()),
+            entries: Mutex::new(HashMap::default()),
         }
     }
 

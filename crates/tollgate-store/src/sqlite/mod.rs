@@ -93,11 +93,14 @@ impl SqliteStore {
             .map_err(|e| e.to_string())?;
         // No checkpoint on commit: a commit that crossed the WAL's size threshold would copy
         // and fsync pages on a request's path; the checkpoint thread does that instead.
-        // A new database gets 1 KiB pages: a settlement's commit rewrites a handful of pages
-        // (the account row and the right edges of the ledger's B-trees), and the WAL copies
-        // whole pages. The page size is fixed when the first table is created.
+        // A new database gets 4 KiB pages. A commit of one settlement writes the same handful
+        // of pages (the account row, the right edges of the ledger's B-trees) at any page size,
+        // but a commit of many writes fewer frames with larger pages, splits B-tree pages a
+        // quarter as often and leaves the checkpoint fewer pages to copy: about a tenth less
+        // SQLite work per request at saturation than 1 KiB pages, the same one at a time. The
+        // page size is fixed when the first table is created.
         conn.execute_batch(
-            "PRAGMA page_size = 1024; PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;
+            "PRAGMA page_size = 4096; PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;
              PRAGMA wal_autocheckpoint = 0; PRAGMA journal_size_limit = 268435456;",
         )
         .map_err(|e| e.to_string())?;
