@@ -2,7 +2,6 @@
 
 use crate::error::ProviderError;
 use futures::stream::BoxStream;
-use serde_json::{Map, Value};
 use std::time::Duration;
 use tollgate_protocol::openai::chunk::Chunk;
 use tollgate_protocol::openai::ChatCompletion;
@@ -17,11 +16,11 @@ pub struct Timeouts {
     pub total: Duration,
 }
 
-/// One chat call, already in OpenAI chat-completions form: `body` carries the upstream model
-/// name, the output limit and (for streams) the request for usage.
+/// One chat call, already in OpenAI chat-completions form: `body` (JSON text) carries the
+/// upstream model name, the output limit and (for streams) the request for usage.
 #[derive(Debug, Clone)]
 pub struct ChatCall {
-    pub body: Map<String, Value>,
+    pub body: Vec<u8>,
     pub stream: bool,
     pub timeouts: Timeouts,
 }

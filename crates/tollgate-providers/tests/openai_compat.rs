@@ -28,16 +28,13 @@ fn call(stream: bool) -> ChatCall {
         body["stream"] = json!(true);
         body["stream_options"] = json!({"include_usage": true});
     }
-    let Value::Object(body) = body else {
-        unreachable!()
-    };
     let timeouts = Timeouts {
         connect: Duration::from_millis(300),
         first_byte: FIRST_BYTE,
         total: TOTAL,
     };
     ChatCall {
-        body,
+        body: serde_json::to_vec(&body).unwrap(),
         stream,
         timeouts,
     }
@@ -101,7 +98,9 @@ async fn non_stream_success_parses_usage_and_forwards_model_and_auth() {
 async fn output_limit_cuts_the_reply_with_finish_reason_length() {
     let fake = FakeOpenAi::start(Behaviour::normal(10)).await;
     let mut c = call(false);
-    c.body.insert("max_completion_tokens".into(), json!(4));
+    let mut body: Value = serde_json::from_slice(&c.body).unwrap();
+    body["max_completion_tokens"] = json!(4);
+    c.body = serde_json::to_vec(&body).unwrap();
     let ChatReply::Complete(reply) = chat(&fake, c).await.unwrap() else {
         panic!()
     };

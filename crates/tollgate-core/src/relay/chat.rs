@@ -12,7 +12,6 @@ use crate::store::{HoldError, HoldRequest};
 use bytes::Bytes;
 use chrono::Utc;
 use futures::stream::BoxStream;
-use serde_json::{json, Value};
 use tollgate_protocol::openai::ChatRequest;
 use tollgate_providers::error::Deadline;
 use tollgate_providers::ProviderError;
@@ -88,9 +87,8 @@ impl Relay {
                 upstream_usage: None,
             },
         );
-        let (stream, include_usage) = (req.stream, req.include_usage);
-        let body = upstream_body(req.body, stream, output);
-        let upstream = match routes::call(inner, &admission.model, body, stream).await {
+        let include_usage = req.include_usage;
+        let upstream = match routes::call(inner, &admission.model, &req, output).await {
             Ok(up) => up,
             Err(e) => {
                 let error = provider_error(&e);
@@ -134,29 +132,6 @@ impl Relay {
             }
         }
     }
-}
-
-/// The client's body with the fields tollgate owns set: output limit and usage reporting.
-fn upstream_body(
-    mut body: serde_json::Map<String, Value>,
-    stream: bool,
-    output: u64,
-) -> serde_json::Map<String, Value> {
-    let field = if body.contains_key("max_completion_tokens") {
-        "max_completion_tokens"
-    } else {
-        "max_tokens"
-    };
-    body.insert(field.into(), json!(output));
-    if stream {
-        let mut options = match body.remove("stream_options") {
-            Some(Value::Object(o)) => o,
-            _ => serde_json::Map::new(),
-        };
-        options.insert("include_usage".into(), Value::Bool(true));
-        body.insert("stream_options".into(), Value::Object(options));
-    }
-    body
 }
 
 fn hold_error(

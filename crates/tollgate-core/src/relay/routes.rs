@@ -4,9 +4,8 @@ use super::Inner;
 use crate::catalog::{Model, RouteSpec};
 use futures::StreamExt;
 use rand::Rng;
-use serde_json::{Map, Value};
 use tollgate_protocol::openai::chunk::Chunk;
-use tollgate_protocol::openai::ChatCompletion;
+use tollgate_protocol::openai::{ChatCompletion, ChatRequest};
 use tollgate_providers::error::Deadline;
 use tollgate_providers::{ChatCall, ChatReply, ChunkStream, ProviderError};
 
@@ -35,25 +34,19 @@ fn ordered(routes: &[RouteSpec]) -> Vec<&RouteSpec> {
 pub(crate) async fn call(
     inner: &Inner,
     model: &Model,
-    mut body: Map<String, Value>,
-    stream: bool,
+    req: &ChatRequest,
+    output: u64,
 ) -> Result<Upstream, ProviderError> {
+    let stream = req.stream;
     let timeouts = inner.settings.upstream_timeouts;
     let mut last = ProviderError::Connect("no enabled route".into());
     let routes = ordered(&model.routes);
-    let last_route = routes.len().saturating_sub(1);
-    for (i, route) in routes.into_iter().enumerate() {
+    for route in routes {
         let Some(provider) = inner.providers.chat(&route.provider) else {
             continue;
         };
-        body.insert("model".into(), Value::String(route.upstream_model.clone()));
-        // Only a route that may be followed by another needs its own copy of the body.
         let call = ChatCall {
-            body: if i == last_route {
-                std::mem::take(&mut body)
-            } else {
-                body.clone()
-            },
+            body: req.upstream_json(&route.upstream_model, output),
             stream,
             timeouts,
         };

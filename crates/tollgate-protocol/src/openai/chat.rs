@@ -1,5 +1,6 @@
-//! Validation of an OpenAI chat-completions request, keeping the body for forwarding.
+//! Validation of an OpenAI chat-completions request, keeping the body's text for forwarding.
 
+use crate::raw::{json_string, Edit, RawObject};
 use crate::tokens;
 use crate::validate::{json_kind, BodyError};
 use serde_json::{Map, Value};
@@ -17,8 +18,8 @@ const ROLES: &[&str] = &[
     "function",
 ];
 
-/// A validated chat-completions request. `body` is the client's object, forwarded upstream
-/// with only the fields tollgate owns rewritten.
+/// A validated chat-completions request. `body` is the client's object as it sent it,
+/// forwarded upstream with only the fields tollgate owns rewritten (see [`Self::upstream_json`]).
 #[derive(Debug, Clone)]
 pub struct ChatRequest {
     pub model: String,
@@ -31,7 +32,7 @@ pub struct ChatRequest {
     pub choices: u64,
     pub has_image: bool,
     pub messages: Vec<Message>,
-    pub body: Map<String, Value>,
+    pub body: RawObject,
 }
 
 /// The parts of a message that count toward the prompt.
@@ -56,20 +57,27 @@ impl From<BodyError> for ChatRequestError {
 }
 
 impl ChatRequest {
-    /// Parses and validates raw JSON bytes.
-    pub fn parse(bytes: &[u8]) -> Result<Self, ChatRequestError> {
-        let value: Value =
-            serde_json::from_slice(bytes).map_err(|e| BodyError::Malformed(e.to_string()))?;
-        Self::from_value(value)
+    /// Parses and validates raw JSON bytes. Only the top level is read into fields; the
+    /// values tollgate does not look at stay text.
+    pub fn parse(bytes: Vec<u8>) -> Result<Self, ChatRequestError> {
+        if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            // Not an object: say what it is, or why it is not JSON.
+            let value: Value =
+                serde_json::from_slice(&bytes).map_err(|e| BodyError::Malformed(e.to_string()))?;
+            return Err(BodyError::field("body", "object", &value).into());
+        }
+        let body = RawObject::from_bytes(bytes).map_err(BodyError::Malformed)?;
+        Self::validate(body)
     }
 
+    /// Validates a request already held as a JSON value.
     pub fn from_value(value: Value) -> Result<Self, ChatRequestError> {
-        let body = match value {
-            Value::Object(map) => map,
-            other => return Err(BodyError::field("body", "object", &other).into()),
-        };
-        let model = match body.get("model") {
-            Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
+        Self::parse(serde_json::to_vec(&value).map_err(|e| BodyError::Malformed(e.to_string()))?)
+    }
+
+    fn validate(body: RawObject) -> Result<Self, ChatRequestError> {
+        let model = match field(&body, "model") {
+            Some(Value::String(s)) if !s.trim().is_empty() => s,
             Some(Value::String(_)) => {
                 return Err(BodyError::Field {
                     field: "model".into(),
@@ -78,13 +86,13 @@ impl ChatRequest {
                 }
                 .into())
             }
-            Some(other) => return Err(BodyError::field("model", "string", other).into()),
+            Some(other) => return Err(BodyError::field("model", "string", &other).into()),
             None => return Err(BodyError::missing("model", "string").into()),
         };
-        let messages = parse_messages(body.get("messages"))?;
+        let messages = parse_messages(field(&body, "messages").as_ref())?;
         let has_image = messages.iter().any(|m| m.images > 0);
         let stream = optional_bool(&body, "stream")?.unwrap_or(false);
-        let include_usage = match body.get("stream_options") {
+        let include_usage = match field(&body, "stream_options").as_ref() {
             None | Some(Value::Null) => false,
             Some(Value::Object(o)) => match o.get("include_usage") {
                 None | Some(Value::Null) => false,
@@ -111,16 +119,19 @@ impl ChatRequest {
             "presence_penalty",
             "frequency_penalty",
         ] {
-            match body.get(field) {
+            match self::field(&body, field) {
                 None | Some(Value::Null) | Some(Value::Number(_)) => {}
-                Some(other) => return Err(BodyError::field(field, "number", other).into()),
+                Some(other) => return Err(BodyError::field(field, "number", &other).into()),
             }
         }
         for (field, kind) in [("tools", "array"), ("response_format", "object")] {
-            match (body.get(field), kind) {
-                (None | Some(Value::Null), _) => {}
-                (Some(Value::Array(_)), "array") | (Some(Value::Object(_)), "object") => {}
-                (Some(other), _) => return Err(BodyError::field(field, kind, other).into()),
+            match (body.get(field).map(str::as_bytes), kind) {
+                (None | Some(b"null"), _) => {}
+                (Some([b'[', ..]), "array") | (Some([b'{', ..]), "object") => {}
+                (Some(_), _) => {
+                    let other = self::field(&body, field).unwrap_or(Value::Null);
+                    return Err(BodyError::field(field, kind, &other).into());
+                }
             }
         }
         Ok(Self {
@@ -147,14 +158,57 @@ impl ChatRequest {
                     + m.images * IMAGE_TOKENS
             })
             .sum();
-        let tools = self
-            .body
-            .get("tools")
+        let tools = field(&self.body, "tools")
             .filter(|t| !t.is_null())
             .map(|t| tokens::count(&t.to_string()))
             .unwrap_or(0);
         messages + tools + 3
     }
+
+    /// The body to send upstream: the client's text with the model named as the upstream
+    /// knows it, the output limit set, and (streams) usage asked for in the last chunk.
+    pub fn upstream_json(&self, upstream_model: &str, output: u64) -> Vec<u8> {
+        let limit_field = if self.body.get("max_completion_tokens").is_some() {
+            "max_completion_tokens"
+        } else {
+            "max_tokens"
+        };
+        let model = json_string(upstream_model);
+        let limit = output.to_string();
+        let options = self.stream.then(|| {
+            let mut o = match field(&self.body, "stream_options") {
+                Some(Value::Object(o)) => o,
+                _ => Map::new(),
+            };
+            o.insert("include_usage".into(), Value::Bool(true));
+            serde_json::to_vec(&o).unwrap_or_else(|_| br#"{"include_usage":true}"#.to_vec())
+        });
+        let mut extra: Vec<(&str, &[u8])> =
+            vec![("model", &model), (limit_field, limit.as_bytes())];
+        if let Some(o) = &options {
+            extra.push(("stream_options", o));
+        }
+        let mut out = Vec::with_capacity(self.body.text().len() + 64);
+        self.body.write_to(
+            &mut out,
+            |name| match name {
+                "model" => Edit::Replace(&model),
+                "stream_options" => match &options {
+                    Some(o) => Edit::Replace(o),
+                    None => Edit::Keep,
+                },
+                n if n == limit_field => Edit::Replace(limit.as_bytes()),
+                _ => Edit::Keep,
+            },
+            &extra,
+        );
+        out
+    }
+}
+
+/// Field `name` of the body as a JSON value; `None` when absent.
+fn field(body: &RawObject, name: &str) -> Option<Value> {
+    body.decode(name)
 }
 
 /// The tokens of a role name: one of [`ROLES`], counted once.
@@ -167,26 +221,26 @@ fn role_tokens(role: &str) -> u64 {
     }
 }
 
-fn optional_bool(body: &Map<String, Value>, field: &str) -> Result<Option<bool>, BodyError> {
-    match body.get(field) {
+fn optional_bool(body: &RawObject, name: &str) -> Result<Option<bool>, BodyError> {
+    match field(body, name) {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::Bool(b)) => Ok(Some(*b)),
-        Some(other) => Err(BodyError::field(field, "boolean", other)),
+        Some(Value::Bool(b)) => Ok(Some(b)),
+        Some(other) => Err(BodyError::field(name, "boolean", &other)),
     }
 }
 
-fn positive_int(body: &Map<String, Value>, field: &str) -> Result<Option<u64>, BodyError> {
-    match body.get(field) {
+fn positive_int(body: &RawObject, name: &str) -> Result<Option<u64>, BodyError> {
+    match field(body, name) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Number(n)) => match n.as_u64() {
             Some(v) if v >= 1 => Ok(Some(v)),
             _ => Err(BodyError::Field {
-                field: field.into(),
+                field: name.into(),
                 expected: "integer >= 1".into(),
                 received: n.to_string(),
             }),
         },
-        Some(other) => Err(BodyError::field(field, "integer", other)),
+        Some(other) => Err(BodyError::field(name, "integer", &other)),
     }
 }
 
@@ -360,8 +414,66 @@ mod tests {
     }
 
     #[test]
+    fn the_upstream_body_keeps_the_clients_text_and_sets_what_tollgate_owns() {
+        let text = r#"{"model":"tollgate/x", "messages":[{"role":"user","content":"h\u00e9llo  there"}],
+            "max_completion_tokens":900,"max_tokens":5,"stream":true,"stream_options":{"foo":1},"user":"u1"}"#;
+        let r = ChatRequest::parse(text.as_bytes().to_vec()).unwrap();
+        let out = r.upstream_json("gpt-up", 40);
+        let out_text = String::from_utf8(out.clone()).unwrap();
+        assert!(
+            out_text.contains(r#"[{"role":"user","content":"h\u00e9llo  there"}]"#),
+            "messages forwarded as sent: {out_text}"
+        );
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["model"], "gpt-up");
+        assert_eq!(v["max_completion_tokens"], 40);
+        assert_eq!(
+            v["max_tokens"], 5,
+            "the field tollgate does not use is left as sent"
+        );
+        assert_eq!(
+            v["stream_options"],
+            serde_json::json!({"foo": 1, "include_usage": true})
+        );
+        assert_eq!(v["user"], "u1");
+
+        let plain = ChatRequest::from_value(serde_json::json!({
+            "model": "m", "messages": [{"role": "user", "content": "x"}]
+        }))
+        .unwrap();
+        let v: Value = serde_json::from_slice(&plain.upstream_json("up", 7)).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"model": "up", "messages": [{"role": "user", "content": "x"}], "max_tokens": 7})
+        );
+    }
+
+    #[test]
+    fn bodies_that_are_not_objects_say_what_they_are() {
+        for (body, expected) in [
+            (
+                &b" [1, 2]"[..],
+                "field `body`: expected object, received array",
+            ),
+            (
+                b"\"text\"",
+                "field `body`: expected object, received string",
+            ),
+            (b"{\"model\": \"m\",}", "not valid JSON"),
+            (b"{\"model\": \"\xff\"}", "not valid JSON"),
+            (b"", "not valid JSON"),
+        ] {
+            let e = match ChatRequest::parse(body.to_vec()).unwrap_err() {
+                ChatRequestError::Body(b) => b.to_string(),
+                ChatRequestError::Unsupported(m) => m,
+            };
+            assert!(e.contains(expected), "{body:?}: {e}");
+        }
+    }
+
+    #[test]
     fn malformed_json_is_reported() {
-        let e = ChatRequest::parse(b"{\"model\": ").unwrap_err();
+        let e = ChatRequest::parse(b"{\"model\": ".to_vec()).unwrap_err();
         assert!(matches!(e, ChatRequestError::Body(BodyError::Malformed(_))));
     }
 }

@@ -82,21 +82,14 @@ fn reply(request: &ChatRequest, natural: u64, limit: u64) -> (Vec<String>, bool)
 #[async_trait::async_trait]
 impl ChatProvider for Demo {
     async fn chat(&self, call: ChatCall) -> Result<ChatReply, ProviderError> {
-        let model = call
-            .body
-            .get("model")
-            .and_then(Value::as_str)
-            .unwrap_or("demo")
-            .to_owned();
-        let request = ChatRequest::from_value(Value::Object(call.body)).map_err(|e| {
-            ProviderError::Status {
-                status: 400,
-                message: format!("{e:?}"),
-                retry_after: None,
-            }
+        let request = ChatRequest::parse(call.body).map_err(|e| ProviderError::Status {
+            status: 400,
+            message: format!("{e:?}"),
+            retry_after: None,
         })?;
         let natural = u64::from(self.config.reply_tokens.max(1));
         let limit = request.max_tokens.unwrap_or(natural);
+        let model = request.model.clone();
         let (pieces, truncated) = reply(&request, natural, limit);
         let prompt_tokens = request.prompt_tokens();
         let completion_tokens: u64 = pieces.iter().map(|p| tokens::count(p)).sum();
@@ -173,12 +166,9 @@ mod tests {
         if let Some(m) = max {
             body["max_tokens"] = json!(m);
         }
-        let Value::Object(body) = body else {
-            unreachable!()
-        };
         let t = Duration::from_secs(5);
         ChatCall {
-            body,
+            body: serde_json::to_vec(&body).unwrap(),
             stream,
             timeouts: Timeouts {
                 connect: t,

@@ -47,13 +47,11 @@ impl ChatProvider for OpenAiCompat {
     async fn chat(&self, call: ChatCall) -> Result<ChatReply, ProviderError> {
         let started = tokio::time::Instant::now();
         let deadline = started + call.timeouts.total;
-        let body = serde_json::to_vec(&call.body)
-            .map_err(|e| ProviderError::Invalid(format!("request body: {e}")))?;
         let request = hyper::Request::post(self.chat_url.clone())
             .header(AUTHORIZATION, self.authorization.clone())
             .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
             .header(ACCEPT_ENCODING, HeaderValue::from_static("identity"))
-            .body(Full::new(Bytes::from(body)))
+            .body(Full::new(Bytes::from(call.body)))
             .map_err(|e| ProviderError::Invalid(format!("request: {e}")))?;
         let request = self.client.request(request);
         let first_byte = call.timeouts.first_byte.min(call.timeouts.total);

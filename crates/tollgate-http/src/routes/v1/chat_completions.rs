@@ -23,7 +23,7 @@ pub async fn handle(
 ) -> Result<Response, ApiError> {
     let who = state.relay.authenticate(bearer(&headers)).await?;
     let bytes = body::read(&headers, body, state.body_limit).await?;
-    let request = ChatRequest::parse(&bytes).map_err(|e| match e {
+    let request = ChatRequest::parse(Vec::from(bytes)).map_err(|e| match e {
         ChatRequestError::Body(b) => Error::Body(b),
         ChatRequestError::Unsupported(m) => Error::Unsupported(m),
     })?;
