@@ -59,17 +59,14 @@ impl CreditRate {
         format!("{sign}{whole}.{}", frac.trim_end_matches('0'))
     }
 
-    /// `credits` in USD as a JSON number (from the exact decimal string).
-    pub fn usd_json(self, credits: Credits) -> serde_json::Value {
-        let s = self.usd(credits);
-        if let Ok(whole) = s.parse::<i64>() {
-            return serde_json::Value::from(whole);
-        }
-        s.parse::<f64>()
-            .ok()
-            .and_then(serde_json::Number::from_f64)
-            .map(serde_json::Value::Number)
-            .unwrap_or(serde_json::Value::String(s))
+    /// A reply's `meta` object as JSON text: `{"usage":{"credits_used":N,"usd_spent":USD}}`,
+    /// with the USD figure written as its exact decimal (a JSON number as it stands).
+    pub fn usage_meta(self, credits: Credits) -> String {
+        format!(
+            r#"{{"usage":{{"credits_used":{},"usd_spent":{}}}}}"#,
+            credits.0,
+            self.usd(credits)
+        )
     }
 }
 
@@ -87,5 +84,19 @@ mod tests {
         assert_eq!(r.usd(Credits(-3)), "-0.0000015");
         assert_eq!(CreditRate(3).usd(Credits(1)), "0.333333333");
         assert_eq!(CreditRate(3).usd(Credits(2)), "0.666666667");
+    }
+
+    #[test]
+    fn usage_meta_is_json_with_the_exact_decimal() {
+        let r = CreditRate::default();
+        let meta = r.usage_meta(Credits(4_000_001));
+        assert_eq!(
+            meta,
+            r#"{"usage":{"credits_used":4000001,"usd_spent":2.0000005}}"#
+        );
+        let v: serde_json::Value = serde_json::from_str(&meta).unwrap();
+        assert_eq!(v["usage"]["credits_used"], 4_000_001);
+        let zero: serde_json::Value = serde_json::from_str(&r.usage_meta(Credits(0))).unwrap();
+        assert_eq!(zero["usage"]["usd_spent"], 0);
     }
 }

@@ -105,11 +105,7 @@ impl Relay {
                 }
                 let (credits, _) = ticket.settle(Outcome::Done).await?;
                 let usd = settings.rate.usd(credits);
-                // The exact decimal USD string is a JSON number as it stands.
-                let meta = format!(
-                    r#"{{"usage":{{"credits_used":{},"usd_spent":{usd}}}}}"#,
-                    credits.0
-                );
+                let meta = settings.rate.usage_meta(credits);
                 let body = completion.render(&admission.model.id, meta.as_bytes());
                 Ok(ChatReply {
                     inference_id,

@@ -7,7 +7,7 @@ use crate::money::CreditRate;
 use bytes::Bytes;
 use futures::stream::BoxStream;
 use futures::StreamExt;
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 use tollgate_protocol::openai::chunk::{empty_chunk, Chunk};
 use tollgate_protocol::raw::json_string;
 use tollgate_providers::ChunkStream;
@@ -33,6 +33,22 @@ fn event(value: &Value) -> Bytes {
     let _ = serde_json::to_writer(&mut out, value);
     out.extend_from_slice(b"\n\n");
     Bytes::from(out)
+}
+
+/// The event of the last chunk: `chunk` with a `meta` field holding `meta` (JSON text).
+fn last_event(chunk: &Map<String, Value>, meta: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256 + meta.len());
+    out.extend_from_slice(b"data: ");
+    // Serialising a `Value` map into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut out, chunk);
+    out.pop(); // the map's closing brace
+    if !chunk.is_empty() {
+        out.push(b',');
+    }
+    out.extend_from_slice(br#""meta":"#);
+    out.extend_from_slice(meta.as_bytes());
+    out.extend_from_slice(b"}\n\n");
+    out
 }
 
 pub(crate) fn sse_reply(
@@ -94,11 +110,8 @@ pub(crate) fn sse_reply(
                             if st.include_usage {
                                 last.insert("usage".into(), usage.to_openai());
                             }
-                            last.insert(
-                                "meta".into(),
-                                json!({"usage": {"credits_used": credits.0, "usd_spent": st.rate.usd_json(credits)}}),
-                            );
-                            let mut bytes = event(&Value::Object(last)).to_vec();
+                            let meta = st.rate.usage_meta(credits);
+                            let mut bytes = last_event(&last, &meta);
                             bytes.extend_from_slice(b"data: [DONE]\n\n");
                             Bytes::from(bytes)
                         }
@@ -121,4 +134,28 @@ pub(crate) fn sse_reply(
         }
     })
     .boxed()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_last_event_carries_meta_as_written() {
+        let chunk = empty_chunk("c1", "tollgate/m", 7);
+        let meta = r#"{"usage":{"credits_used":3,"usd_spent":0.0000015}}"#;
+        let event = last_event(&chunk, meta);
+        let text = std::str::from_utf8(&event).unwrap();
+        let json = text
+            .strip_prefix("data: ")
+            .unwrap()
+            .strip_suffix("\n\n")
+            .unwrap();
+        assert!(json.ends_with(&format!(r#","meta":{meta}}}"#)), "{json}");
+        let v: Value = serde_json::from_str(json).unwrap();
+        assert_eq!(v["id"], "c1");
+        assert_eq!(v["meta"]["usage"]["credits_used"], 3);
+        let bare = last_event(&Map::new(), "{}");
+        assert_eq!(bare, b"data: {\"meta\":{}}\n\n");
+    }
 }

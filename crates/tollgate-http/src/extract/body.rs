@@ -13,6 +13,8 @@ use tollgate_protocol::BodyError;
 
 /// Most bytes of an oversized body read and discarded before answering 413.
 const DRAIN_CAP: u64 = 256 << 20;
+/// Most bytes reserved ahead of arrival from a declared Content-Length.
+const PRESIZE_CAP: usize = 1 << 20;
 /// Longest time spent discarding an oversized body.
 const DRAIN_TIME: Duration = Duration::from_secs(5);
 
@@ -26,9 +28,11 @@ pub async fn read(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes
         return Err(ApiError::PayloadTooLarge { limit });
     }
     let mut body = body;
-    // Sized once from the declared length (within the limit), not grown chunk by chunk.
-    let mut buf =
-        bytes::BytesMut::with_capacity(declared.map_or(0, |n| n.min(limit as u64) as usize));
+    // Sized from the declared length rather than grown chunk by chunk, but only up to
+    // PRESIZE_CAP: a length is a claim, and a client that declares megabytes and sends
+    // nothing must not get them reserved.
+    let presize = declared.map_or(0, |n| n.min(limit.min(PRESIZE_CAP) as u64) as usize);
+    let mut buf = bytes::BytesMut::with_capacity(presize);
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| {
             Error::Body(BodyError::Malformed(format!(

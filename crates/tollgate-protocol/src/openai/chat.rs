@@ -76,7 +76,7 @@ impl ChatRequest {
     }
 
     fn validate(body: RawObject) -> Result<Self, ChatRequestError> {
-        let model = match field(&body, "model") {
+        let model = match field(&body, "model")? {
             Some(Value::String(s)) if !s.trim().is_empty() => s,
             Some(Value::String(_)) => {
                 return Err(BodyError::Field {
@@ -89,10 +89,10 @@ impl ChatRequest {
             Some(other) => return Err(BodyError::field("model", "string", &other).into()),
             None => return Err(BodyError::missing("model", "string").into()),
         };
-        let messages = parse_messages(field(&body, "messages").as_ref())?;
+        let messages = parse_messages(field(&body, "messages")?.as_ref())?;
         let has_image = messages.iter().any(|m| m.images > 0);
         let stream = optional_bool(&body, "stream")?.unwrap_or(false);
-        let include_usage = match field(&body, "stream_options").as_ref() {
+        let include_usage = match field(&body, "stream_options")?.as_ref() {
             None | Some(Value::Null) => false,
             Some(Value::Object(o)) => match o.get("include_usage") {
                 None | Some(Value::Null) => false,
@@ -119,7 +119,7 @@ impl ChatRequest {
             "presence_penalty",
             "frequency_penalty",
         ] {
-            match self::field(&body, field) {
+            match self::field(&body, field)? {
                 None | Some(Value::Null) | Some(Value::Number(_)) => {}
                 Some(other) => return Err(BodyError::field(field, "number", &other).into()),
             }
@@ -129,7 +129,7 @@ impl ChatRequest {
                 (None | Some(b"null"), _) => {}
                 (Some([b'[', ..]), "array") | (Some([b'{', ..]), "object") => {}
                 (Some(_), _) => {
-                    let other = self::field(&body, field).unwrap_or(Value::Null);
+                    let other = self::field(&body, field)?.unwrap_or(Value::Null);
                     return Err(BodyError::field(field, kind, &other).into());
                 }
             }
@@ -159,6 +159,8 @@ impl ChatRequest {
             })
             .sum();
         let tools = field(&self.body, "tools")
+            .ok()
+            .flatten()
             .filter(|t| !t.is_null())
             .map(|t| tokens::count(&t.to_string()))
             .unwrap_or(0);
@@ -176,7 +178,7 @@ impl ChatRequest {
         let model = json_string(upstream_model);
         let limit = output.to_string();
         let options = self.stream.then(|| {
-            let mut o = match field(&self.body, "stream_options") {
+            let mut o = match field(&self.body, "stream_options").ok().flatten() {
                 Some(Value::Object(o)) => o,
                 _ => Map::new(),
             };
@@ -206,9 +208,13 @@ impl ChatRequest {
     }
 }
 
-/// Field `name` of the body as a JSON value; `None` when absent.
-fn field(body: &RawObject, name: &str) -> Option<Value> {
-    body.decode(name)
+/// Field `name` of the body as a JSON value; `None` when absent. A value that is JSON but
+/// not one a `Value` can hold (a number out of range, such as `1e400`) makes the body malformed.
+fn field(body: &RawObject, name: &str) -> Result<Option<Value>, BodyError> {
+    body.get(name)
+        .map(serde_json::from_str)
+        .transpose()
+        .map_err(|e| BodyError::Malformed(format!("field `{name}`: {e}")))
 }
 
 /// The tokens of a role name: one of [`ROLES`], counted once.
@@ -222,7 +228,7 @@ fn role_tokens(role: &str) -> u64 {
 }
 
 fn optional_bool(body: &RawObject, name: &str) -> Result<Option<bool>, BodyError> {
-    match field(body, name) {
+    match field(body, name)? {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Bool(b)) => Ok(Some(b)),
         Some(other) => Err(BodyError::field(name, "boolean", &other)),
@@ -230,7 +236,7 @@ fn optional_bool(body: &RawObject, name: &str) -> Result<Option<bool>, BodyError
 }
 
 fn positive_int(body: &RawObject, name: &str) -> Result<Option<u64>, BodyError> {
-    match field(body, name) {
+    match field(body, name)? {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Number(n)) => match n.as_u64() {
             Some(v) if v >= 1 => Ok(Some(v)),
@@ -449,7 +455,7 @@ mod tests {
     }
 
     #[test]
-    fn bodies_that_are_not_objects_say_what_they_are() {
+    fn bodies_that_are_not_objects_or_not_json_say_why() {
         for (body, expected) in [
             (
                 &b" [1, 2]"[..],
@@ -462,6 +468,14 @@ mod tests {
             (b"{\"model\": \"m\",}", "not valid JSON"),
             (b"{\"model\": \"\xff\"}", "not valid JSON"),
             (b"", "not valid JSON"),
+            (
+                b"{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"temperature\":1e400}",
+                "not valid JSON (field `temperature`",
+            ),
+            (
+                b"{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"x\",\"n\":-1e999}]}",
+                "not valid JSON (field `messages`",
+            ),
         ] {
             let e = match ChatRequest::parse(body.to_vec()).unwrap_err() {
                 ChatRequestError::Body(b) => b.to_string(),
