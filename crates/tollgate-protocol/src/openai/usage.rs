@@ -1,7 +1,7 @@
 //! Token usage as OpenAI reports it.
 
+use crate::raw::pick;
 use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
 use serde_json::Value;
 
 /// Token counts of one response.
@@ -37,41 +37,23 @@ impl Usage {
     /// Reads an OpenAI `usage` object from its JSON text, as [`Usage::from_openai`] does from
     /// a `Value` (a count that is not a non-negative integer counts as 0), without building one.
     pub fn from_raw(text: &str) -> Option<Self> {
-        #[derive(Deserialize)]
-        struct Wire<'a> {
-            #[serde(borrow, default)]
-            prompt_tokens: Option<&'a RawValue>,
-            #[serde(borrow, default)]
-            completion_tokens: Option<&'a RawValue>,
-            #[serde(borrow, default)]
-            prompt_tokens_details: Option<&'a RawValue>,
-        }
-        #[derive(Deserialize)]
-        struct Details<'a> {
-            #[serde(borrow, default)]
-            cached_tokens: Option<&'a RawValue>,
-        }
-        let num = |v: Option<&RawValue>| v.and_then(|v| v.get().parse::<u64>().ok()).unwrap_or(0);
-        // A struct also reads from an array (by position): only an object is a usage block.
-        let object = |t: &str| t.trim_start().starts_with('{');
-        if !object(text) {
-            return None;
-        }
-        let Ok(wire) = serde_json::from_str::<Wire<'_>>(text) else {
-            // A repeated field, say: read it as a `Value` does.
-            let value: Value = serde_json::from_str(text).ok()?;
-            return Self::from_openai(Some(&value));
-        };
-        let prompt_tokens = num(wire.prompt_tokens);
-        let cached_tokens = wire
-            .prompt_tokens_details
-            .filter(|d| object(d.get()))
-            .and_then(|d| serde_json::from_str::<Details<'_>>(d.get()).ok())
-            .map_or(0, |d| num(d.cached_tokens))
+        let num = |v: Option<&str>| v.and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        let [prompt, completion, details] = pick(
+            text,
+            [
+                "prompt_tokens",
+                "completion_tokens",
+                "prompt_tokens_details",
+            ],
+        )?;
+        let prompt_tokens = num(prompt);
+        let cached_tokens = details
+            .and_then(|d| pick(d, ["cached_tokens"]))
+            .map_or(0, |[cached]| num(cached))
             .min(prompt_tokens);
         Some(Self {
             prompt_tokens,
-            completion_tokens: num(wire.completion_tokens),
+            completion_tokens: num(completion),
             cached_tokens,
         })
     }

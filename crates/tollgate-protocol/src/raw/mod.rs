@@ -3,6 +3,8 @@
 //! some replaced, without building a `serde_json::Value` tree (an allocation per field and
 //! per string) and serialising it back.
 
+mod scan;
+
 use serde::de::{Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -61,6 +63,66 @@ impl<'de> Deserialize<'de> for Borrowed<'de> {
     }
 }
 
+/// The fields of `text`, which must be exactly one JSON object.
+fn fields(text: &str) -> Result<Vec<Field>, serde_json::Error> {
+    let mut fields = Vec::with_capacity(16);
+    let scanned = scan::object(text, |f| {
+        let key = if f.escaped {
+            // The name's decoded value; an escape serde_json refuses (a lone surrogate)
+            // makes the whole object its to judge.
+            Key::Decoded(serde_json::from_str(&text[f.key.start - 1..f.key.end + 1]).ok()?)
+        } else {
+            Key::At(f.key)
+        };
+        fields.push(Field {
+            key,
+            value: f.value,
+        });
+        Some(())
+    });
+    match scanned {
+        Some(()) => Ok(fields),
+        // Not an object the scanner accepts: serde_json decides, and words the error.
+        None => with_serde(text),
+    }
+}
+
+fn key_of<'a>(text: &'a str, f: &'a Field) -> &'a str {
+    match &f.key {
+        Key::At(r) => &text[r.clone()],
+        Key::Decoded(k) => k,
+    }
+}
+
+/// The value text of the last field named `name`.
+fn find<'a>(text: &'a str, fields: &[Field], name: &str) -> Option<&'a str> {
+    fields
+        .iter()
+        .rev()
+        .find(|f| key_of(text, f) == name)
+        .map(|f| &text[f.value.clone()])
+}
+
+/// The fields of `text` as serde_json reads them.
+fn with_serde(text: &str) -> Result<Vec<Field>, serde_json::Error> {
+    let borrowed: Borrowed<'_> = serde_json::from_str(text)?;
+    Ok(borrowed
+        .0
+        .into_iter()
+        .map(|(key, value)| {
+            let key = match key {
+                Cow::Borrowed(k) => Key::At(offset(text, k)..offset(text, k) + k.len()),
+                Cow::Owned(k) => Key::Decoded(k),
+            };
+            let start = offset(text, value.get());
+            Field {
+                key,
+                value: start..start + value.get().len(),
+            }
+        })
+        .collect())
+}
+
 /// Where `part` (a slice of `whole`) starts in `whole`.
 fn offset(whole: &str, part: &str) -> usize {
     part.as_ptr() as usize - whole.as_ptr() as usize
@@ -69,24 +131,7 @@ fn offset(whole: &str, part: &str) -> usize {
 impl RawObject {
     /// Parses `text`, which must be exactly one JSON object.
     pub fn parse(text: String) -> Result<Self, serde_json::Error> {
-        let fields = {
-            let borrowed: Borrowed<'_> = serde_json::from_str(&text)?;
-            borrowed
-                .0
-                .into_iter()
-                .map(|(key, value)| {
-                    let key = match key {
-                        Cow::Borrowed(k) => Key::At(offset(&text, k)..offset(&text, k) + k.len()),
-                        Cow::Owned(k) => Key::Decoded(k),
-                    };
-                    let start = offset(&text, value.get());
-                    Field {
-                        key,
-                        value: start..start + value.get().len(),
-                    }
-                })
-                .collect()
-        };
+        let fields = fields(&text)?;
         Ok(Self { text, fields })
     }
 
@@ -97,19 +142,12 @@ impl RawObject {
     }
 
     fn key<'a>(&'a self, f: &'a Field) -> &'a str {
-        match &f.key {
-            Key::At(r) => &self.text[r.clone()],
-            Key::Decoded(k) => k,
-        }
+        key_of(&self.text, f)
     }
 
     /// The raw JSON text of field `name` (its last occurrence, as a JSON parser would keep).
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.fields
-            .iter()
-            .rev()
-            .find(|f| self.key(f) == name)
-            .map(|f| &self.text[f.value.clone()])
+        find(&self.text, &self.fields, name)
     }
 
     /// Field `name` decoded as `T`; `None` when absent or of another shape.
@@ -176,6 +214,28 @@ pub fn json_string(s: &str) -> Vec<u8> {
     // Writing a string into a Vec cannot fail.
     let _ = serde_json::to_writer(&mut out, s);
     out
+}
+
+/// The raw JSON text of the fields `names` (each one's last occurrence) of the object
+/// `text`, read in one pass without copying anything; `None` when `text` is not an object.
+pub fn pick<'a, const N: usize>(text: &'a str, names: [&str; N]) -> Option<[Option<&'a str>; N]> {
+    let mut picked = [None; N];
+    let scanned = scan::object(text, |f| {
+        let key = &text[f.key.clone()];
+        if f.escaped {
+            // Rare: a name with escapes is compared decoded, on the slow path.
+            return None;
+        }
+        if let Some(i) = names.iter().position(|n| *n == key) {
+            picked[i] = Some(&text[f.value]);
+        }
+        Some(())
+    });
+    if scanned.is_some() {
+        return Some(picked);
+    }
+    let fields = fields(text).ok()?;
+    Some(names.map(|name| find(text, &fields, name)))
 }
 
 /// A JSON string field's value; `None` when absent or not a string.
