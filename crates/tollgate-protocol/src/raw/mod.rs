@@ -171,25 +171,26 @@ impl RawObject {
     ) {
         out.push(b'{');
         let mut first = true;
-        let mut written: Vec<&str> = Vec::with_capacity(self.fields.len() + extra.len());
-        for f in &self.fields {
+        let has = |key: &str, fields: &[Field]| fields.iter().any(|g| self.key(g) == key);
+        // Names are almost always unique; only then is each field written as it stands.
+        let repeats =
+            (1..self.fields.len()).any(|i| has(self.key(&self.fields[i]), &self.fields[..i]));
+        for (i, f) in self.fields.iter().enumerate() {
             let key = self.key(f);
-            if written.contains(&key) {
+            if repeats && has(key, &self.fields[..i]) {
                 continue;
             }
-            written.push(key);
             let value = match edit(key) {
                 Edit::Drop => continue,
                 Edit::Replace(v) => v,
-                Edit::Keep => match self.get(key) {
-                    Some(v) => v.as_bytes(),
-                    None => continue,
-                },
+                Edit::Keep if !repeats => self.text[f.value.clone()].as_bytes(),
+                // Its last value, as a parser keeps.
+                Edit::Keep => self.get(key).unwrap_or_default().as_bytes(),
             };
             field(out, &mut first, key, value);
         }
         for (key, value) in extra {
-            if !written.contains(key) {
+            if !has(key, &self.fields) {
                 field(out, &mut first, key, value);
             }
         }
