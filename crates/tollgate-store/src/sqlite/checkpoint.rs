@@ -5,6 +5,7 @@
 //! keep arriving, so the WAL would never be fully copied and could never start over. When it
 //! has grown past [`RESTART_AT`], the thread copies what it can while writes go on, then
 //! pauses writes for the (short) remainder, after which the next commit starts the WAL anew.
+//! After a quiet second it empties the WAL, so that it does not go cold in the page cache.
 
 use super::combiner::Combiner;
 use rusqlite::Connection;
@@ -15,6 +16,13 @@ use std::time::Duration;
 
 /// How often the WAL is copied back into the database file.
 const INTERVAL: Duration = Duration::from_millis(250);
+/// Checkpoints in a row with no commit in between after which the WAL is emptied (cut to
+/// nothing): the frames written after a quiet spell are appended to new blocks. A frame (a
+/// 24-byte header, then the page) never lines up with the file system's blocks, and
+/// overwriting a block of an old WAL that the kernel has stopped caching reads it from disk
+/// first, on a request's path. Under steady load the WAL's blocks are rewritten too often to
+/// go cold, and it is never cut (cutting hundreds of megabytes is a stall of its own).
+const QUIET_TICKS: u32 = 4;
 /// WAL size above which the checkpoint finishes with writes paused, so the WAL restarts. The
 /// pause costs a few milliseconds (the database file's fsync), so it is kept rare.
 pub(crate) const RESTART_AT: u64 = 256 << 20;
@@ -60,12 +68,29 @@ fn run(path: &Path, writer: &Combiner, stop: &AtomicBool) {
             tracing::warn!(error = %e, "WAL checkpoint failed");
         }
     };
+    let data_version = || {
+        conn.query_row("PRAGMA data_version", [], |r| r.get::<_, i64>(0))
+            .unwrap_or(0)
+    };
+    let (mut seen, mut quiet) = (data_version(), 0u32);
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(INTERVAL);
         checkpoint();
         let size = std::fs::metadata(&wal).map_or(0, |m| m.len());
         if size > RESTART_AT {
             writer.pause_writes(checkpoint);
+        }
+        let now = data_version();
+        quiet = if now == seen { quiet + 1 } else { 0 };
+        seen = now;
+        if quiet == QUIET_TICKS && size > 0 {
+            // Nothing committed for a while: empty the WAL now, at no one's expense (a
+            // reader still in it makes this a no-op until the next quiet spell).
+            let _ = conn.busy_timeout(Duration::from_millis(20));
+            writer.pause_writes(|| {
+                let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+            });
+            let _ = conn.busy_timeout(Duration::from_secs(5));
         }
     }
     let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));

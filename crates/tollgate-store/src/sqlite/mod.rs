@@ -99,15 +99,12 @@ impl SqliteStore {
         // quarter as often and leaves the checkpoint fewer pages to copy: about a tenth less
         // SQLite work per request at saturation than 1 KiB pages, the same one at a time. The
         // page size is fixed when the first table is created.
-        // The WAL is cut back to nothing each time it starts over, so its frames are always
-        // appended to new blocks: a frame (a 24-byte header, then the page) never lines up
-        // with the file system's blocks, and overwriting a block of an old WAL that the
-        // kernel no longer caches reads it from disk first, on a request's path.
         // Statement journals (savepoints, multi-row statements) stay in memory instead of
-        // spilling to temporary files.
+        // spilling to temporary files. The WAL is emptied after a quiet spell (see
+        // `checkpoint.rs`), not each time it starts over.
         conn.execute_batch(
             "PRAGMA page_size = 4096; PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;
-             PRAGMA wal_autocheckpoint = 0; PRAGMA journal_size_limit = 0; PRAGMA temp_store = MEMORY;",
+             PRAGMA wal_autocheckpoint = 0; PRAGMA journal_size_limit = 268435456; PRAGMA temp_store = MEMORY;",
         )
         .map_err(|e| e.to_string())?;
         migrate::run(&conn).map_err(|e| format!("migrating {}: {e}", path.display()))?;
