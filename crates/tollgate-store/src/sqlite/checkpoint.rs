@@ -95,3 +95,52 @@ fn run(path: &Path, writer: &Combiner, stop: &AtomicBool) {
     }
     let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicU64;
+    use tollgate_core::store::StoreError;
+
+    #[tokio::test]
+    async fn a_quiet_wal_is_emptied_and_keeps_what_was_committed() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("q.db");
+        let conn = Connection::open(&path).expect("open");
+        conn.execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE t (x INTEGER);")
+            .expect("schema");
+        let writer = Combiner::new(conn, Arc::new(AtomicU64::new(0)));
+        let _checkpointer = Checkpointer::start(path.clone(), writer.clone());
+        let wal = dir.path().join("q.db-wal");
+        for x in 0..100 {
+            writer
+                .run(move |b| {
+                    b.write(|c| {
+                        c.execute("INSERT INTO t (x) VALUES (?1)", [x])
+                            .map_err(super::super::db)
+                    })
+                })
+                .await
+                .expect("insert");
+        }
+        assert!(std::fs::metadata(&wal).expect("wal").len() > 0);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::fs::metadata(&wal).expect("wal").len() > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the WAL was never emptied"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let n = writer
+            .run(|b| {
+                b.conn()
+                    .query_row("SELECT count(*) FROM t", [], |r| r.get::<_, i64>(0))
+                    .map_err(super::super::db)
+            })
+            .await
+            .map_err(|e: StoreError| e)
+            .expect("count");
+        assert_eq!(n, 100);
+    }
+}
