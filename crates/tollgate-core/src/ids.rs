@@ -18,7 +18,7 @@ pub fn inference_id() -> String {
     for (i, b) in id[8..].iter_mut().enumerate() {
         *b = URL_SAFE[((bits >> (6 * i)) & 63) as usize];
     }
-    String::from_utf8(id.to_vec()).expect("the alphabet is ASCII")
+    id.iter().map(|&b| char::from(b)).collect()
 }
 
 /// Whether a client-supplied request id is acceptable: 1–128 of `A–Z a–z 0–9 . _ : -`.

@@ -276,6 +276,29 @@ mod tests {
     }
 
     #[test]
+    fn picks_the_last_of_each_name_and_refuses_what_is_not_an_object() {
+        let text = r#"{"a":1,"b":{"c":[2]},"a":3}"#;
+        assert_eq!(
+            pick(text, ["a", "b", "z"]),
+            Some([Some("3"), Some(r#"{"c":[2]}"#), None])
+        );
+        // A name with escapes is compared decoded.
+        let escaped = r#"{"\u0061":1,"b":2}"#;
+        assert_eq!(pick(escaped, ["a", "b"]), Some([Some("1"), Some("2")]));
+        for bad in [
+            "[1]",
+            "1",
+            "",
+            r#"{"a":}"#,
+            r#"{"a":1"#,
+            r#"{"a":1}x"#,
+            r#"{"\ud800":1}"#,
+        ] {
+            assert_eq!(pick(bad, ["a"]), None, "{bad:?}");
+        }
+    }
+
+    #[test]
     fn writes_with_fields_replaced_dropped_and_added() {
         let o = RawObject::parse(
             r#"{"id":"c","model":"up","usage":{"x":1},"choices":[],"model":"again","q\"k":null}"#

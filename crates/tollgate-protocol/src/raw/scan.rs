@@ -241,43 +241,19 @@ impl Scanner<'_> {
 mod tests {
     use super::object;
 
-    /// What serde_json makes of `text` as an object of raw values: each field's name and
-    /// value text, or `None` when it refuses it.
+    /// What serde_json makes of `text` (the path `RawObject::parse` falls back to): each
+    /// field's name and value text, or `None` when it refuses it.
     fn serde(text: &str) -> Option<Vec<(String, String)>> {
-        let fields: raw_fields::Fields = serde_json::from_str(text).ok()?;
+        let fields = super::super::with_serde(text).ok()?;
         Some(
             fields
-                .0
-                .into_iter()
-                .map(|(k, v)| (k, v.get().to_owned()))
+                .iter()
+                .map(|f| {
+                    let key = super::super::key_of(text, f).to_owned();
+                    (key, text[f.value.clone()].to_owned())
+                })
                 .collect(),
         )
-    }
-
-    /// Fields in order, duplicates kept, values as raw text (as `RawObject` reads them).
-    mod raw_fields {
-        use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
-        use serde_json::value::RawValue;
-        pub struct Fields(pub Vec<(String, Box<RawValue>)>);
-        impl<'de> Deserialize<'de> for Fields {
-            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                struct V;
-                impl<'de> Visitor<'de> for V {
-                    type Value = Fields;
-                    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                        f.write_str("an object")
-                    }
-                    fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Fields, A::Error> {
-                        let mut out = Vec::new();
-                        while let Some(e) = m.next_entry()? {
-                            out.push(e);
-                        }
-                        Ok(Fields(out))
-                    }
-                }
-                d.deserialize_map(V)
-            }
-        }
     }
 
     /// What `RawObject::parse` makes of `text` without serde_json: `None` when the scanner
