@@ -134,6 +134,40 @@ async fn a_64_mib_body_is_refused_with_413_and_the_server_stays_healthy() {
 }
 
 #[tokio::test]
+async fn a_prompt_of_one_200_kb_word_is_counted_without_holding_the_server() {
+    let db = TestDb::sqlite();
+    let server = Server::start(&db.url, &[]);
+    let key = account(&db.url, "word@example.com", None);
+    // BPE over one piece costs the square of its length: merged whole, this one word kept
+    // a worker busy for many seconds (minutes in a debug build).
+    let body =
+        json!({"model": FREE, "messages": [{"role": "user", "content": "a".repeat(200_000)}]});
+    let resp = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(30))
+        .build()
+        .expect("client")
+        .post(server.url("/v1/chat/completions"))
+        .bearer_auth(&key)
+        .json(&body)
+        .send()
+        .await
+        .expect("an answer within 30 s");
+    assert_eq!(resp.status(), 200);
+    let reply: serde_json::Value = resp.json().await.expect("JSON");
+    // o200k makes a run of `a` one token per eight letters.
+    let prompt = reply["usage"]["prompt_tokens"]
+        .as_u64()
+        .expect("prompt tokens");
+    assert!((25_000..25_100).contains(&prompt), "{prompt}");
+    assert_eq!(
+        post_chat(&server, &key, &chat_body(FREE, json!({})))
+            .await
+            .status(),
+        200
+    );
+}
+
+#[tokio::test]
 async fn unknown_models_and_routes_are_404_and_wrong_methods_405() {
     let db = TestDb::sqlite();
     let server = Server::start(&db.url, &[]);
