@@ -5,7 +5,7 @@ use crate::store::Store;
 use chrono::{DateTime, Utc};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 /// Outcome of a request as the logs show it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,15 +55,25 @@ pub struct UsageWriter {
 }
 
 impl UsageWriter {
-    /// Starts the writer; the returned handle finishes once every sender is dropped and the
-    /// last rows are written.
+    /// Starts the writer on a thread of its own, so that writing a batch never holds up a
+    /// server worker's requests; the returned receiver answers once every sender is dropped
+    /// and the last rows are written (or the writer could not start).
     pub fn start(
         store: Arc<dyn Store>,
         flush_every: Duration,
-    ) -> (Self, tokio::task::JoinHandle<()>) {
+    ) -> std::io::Result<(Self, oneshot::Receiver<()>)> {
         let (tx, rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(run(store, rx, flush_every));
-        (Self { tx }, task)
+        let (done_tx, done) = oneshot::channel();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        std::thread::Builder::new()
+            .name("tollgate-usage".into())
+            .spawn(move || {
+                runtime.block_on(run(store, rx, flush_every));
+                let _ = done_tx.send(());
+            })?;
+        Ok((Self { tx }, done))
     }
 
     pub fn record(&self, row: UsageRecord) {

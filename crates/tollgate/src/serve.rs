@@ -22,7 +22,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     let registry = wiring::providers(&config)?;
     let catalog = wiring::catalog(&config, &registry)?;
     tracing::info!(models = catalog.models().len(), "catalogue loaded");
-    let (usage, usage_task) = UsageWriter::start(store.clone(), config.usage_flush);
+    let (usage, usage_task) = UsageWriter::start(store.clone(), config.usage_flush)?;
     let tasks = TaskTracker::new();
     let relay = Relay::new(
         store.clone(),
