@@ -56,8 +56,8 @@ pub struct UsageWriter {
 
 impl UsageWriter {
     /// Starts the writer on a thread of its own, so that writing a batch never holds up a
-    /// server worker's requests; the returned receiver answers once every sender is dropped
-    /// and the last rows are written (or the writer could not start).
+    /// server worker's requests. The returned receiver answers once every sender is dropped
+    /// and the last rows are written; it fails if the writer thread panicked.
     pub fn start(
         store: Arc<dyn Store>,
         flush_every: Duration,

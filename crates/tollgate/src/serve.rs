@@ -52,11 +52,12 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     }
     server.exit().await;
     reaper.abort();
-    if tokio::time::timeout(Duration::from_secs(10), usage_task)
-        .await
-        .is_err()
-    {
-        tracing::error!("usage log rows still unwritten at exit");
+    match tokio::time::timeout(Duration::from_secs(10), usage_task).await {
+        Ok(Ok(())) => {}
+        Ok(Err(_)) => {
+            tracing::error!("the usage log writer stopped early; its last rows may be lost")
+        }
+        Err(_) => tracing::error!("usage log rows still unwritten at exit"),
     }
     tracing::info!("stopped");
     Ok(())
