@@ -8,9 +8,16 @@ use bytes::Bytes;
 use futures::stream::BoxStream;
 use futures::StreamExt;
 use serde_json::{json, Map, Value};
+use std::task::Poll;
 use tollgate_protocol::openai::chunk::{empty_chunk, Chunk};
 use tollgate_protocol::raw::json_string;
-use tollgate_providers::ChunkStream;
+use tollgate_providers::{ChunkStream, ProviderError};
+
+/// Most bytes of events gathered into one write.
+const GATHER_MAX: usize = 32 * 1024;
+
+/// Turns of the thread's other tasks a gathering stream waits for the upstream's next chunk.
+const GATHER_TURNS: u32 = 2;
 
 struct State {
     /// `None` once settled; dropping it unsettled charges what was delivered.
@@ -24,23 +31,45 @@ struct State {
     rate: CreditRate,
     id: String,
     created: i64,
+    /// Whether an event went out: the first goes alone, at once.
+    sent: bool,
 }
 
-fn event(value: &Value) -> Bytes {
-    let mut out = Vec::with_capacity(256);
+/// The upstream's next item if it comes while the thread's other ready tasks have
+/// [`GATHER_TURNS`] turns, else `None`.
+///
+/// The upstream connection's task hands its response over one HTTP chunk at a time, a turn
+/// or two apart, even when the upstream sent a burst of events in one packet. Waiting those
+/// turns gathers the burst into one write to the client instead of one write, and one
+/// wake-up of the client, per event.
+async fn within_turns(rest: &mut ChunkStream) -> Option<Option<Result<Chunk, ProviderError>>> {
+    let mut turns = 0;
+    futures::future::poll_fn(|cx| match rest.poll_next_unpin(cx) {
+        Poll::Ready(item) => Poll::Ready(Some(item)),
+        Poll::Pending if turns < GATHER_TURNS => {
+            turns += 1;
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+        Poll::Pending => Poll::Ready(None),
+    })
+    .await
+}
+
+/// Appends `value` as one event.
+fn push_event(value: &Value, out: &mut Vec<u8>) {
     out.extend_from_slice(b"data: ");
     // Serialising a `Value` into a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut out, value);
+    let _ = serde_json::to_writer(&mut *out, value);
     out.extend_from_slice(b"\n\n");
-    Bytes::from(out)
 }
 
-/// The event of the last chunk: `chunk` with a `meta` field holding `meta` (JSON text).
-fn last_event(chunk: &Map<String, Value>, meta: &str) -> Vec<u8> {
-    let mut out = Vec::with_capacity(256 + meta.len());
+/// Appends the event of the last chunk: `chunk` with a `meta` field holding `meta` (JSON
+/// text).
+fn push_last_event(chunk: &Map<String, Value>, meta: &str, out: &mut Vec<u8>) {
     out.extend_from_slice(b"data: ");
     // Serialising a `Value` map into a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut out, chunk);
+    let _ = serde_json::to_writer(&mut *out, chunk);
     out.pop(); // the map's closing brace
     if !chunk.is_empty() {
         out.push(b',');
@@ -48,7 +77,6 @@ fn last_event(chunk: &Map<String, Value>, meta: &str) -> Vec<u8> {
     out.extend_from_slice(br#""meta":"#);
     out.extend_from_slice(meta.as_bytes());
     out.extend_from_slice(b"}\n\n");
-    out
 }
 
 pub(crate) fn sse_reply(
@@ -69,13 +97,21 @@ pub(crate) fn sse_reply(
         rate,
         id: String::new(),
         created: 0,
+        sent: false,
     };
+    // Each item is the events that were ready: the first chunk alone, at once; then what the
+    // upstream sent in one burst; the settled last chunk and `[DONE]` join the burst before.
     futures::stream::unfold(state, |mut st| async move {
+        let mut ticket = st.ticket.take()?;
+        let mut out = Vec::new();
         loop {
-            let mut ticket = st.ticket.take()?;
             let next = match st.first.take() {
-                Some(v) => Some(Ok(v)),
-                None => st.rest.next().await,
+                Some(first) => Some(Ok(first)),
+                None if out.is_empty() => st.rest.next().await,
+                None => match within_turns(&mut st.rest).await {
+                    Some(next) => next,
+                    None => break,
+                },
             };
             match next {
                 Some(Ok(chunk)) => {
@@ -92,7 +128,6 @@ pub(crate) fn sse_reply(
                         st.created = c;
                     }
                     if !chunk.has_choices() {
-                        st.ticket = Some(ticket);
                         continue;
                     }
                     let before = bill.delivered.len();
@@ -100,24 +135,26 @@ pub(crate) fn sse_reply(
                     if bill.first_token_ms.is_none() && bill.delivered.len() > before {
                         bill.first_token_ms = Some(u64::try_from(bill.started.elapsed().as_millis()).unwrap_or(u64::MAX));
                     }
-                    st.ticket = Some(ticket);
-                    return Some((Bytes::from(chunk.to_event(&st.model_json)), st));
+                    chunk.write_event(&st.model_json, &mut out);
+                    if !st.sent || out.len() >= GATHER_MAX {
+                        st.sent = true;
+                        break;
+                    }
                 }
                 None => {
-                    let out = match ticket.settle(Outcome::Done).await {
+                    match ticket.settle(Outcome::Done).await {
                         Ok((credits, usage)) => {
                             let mut last = empty_chunk(&st.id, &st.model, st.created);
                             if st.include_usage {
                                 last.insert("usage".into(), usage.to_openai());
                             }
                             let meta = st.rate.usage_meta(credits);
-                            let mut bytes = last_event(&last, &meta);
-                            bytes.extend_from_slice(b"data: [DONE]\n\n");
-                            Bytes::from(bytes)
+                            push_last_event(&last, &meta, &mut out);
+                            out.extend_from_slice(b"data: [DONE]\n\n");
                         }
-                        Err(e) => event(&json!({"error": {"message": e.to_string(), "type": "server_error", "code": "internal_error"}})),
-                    };
-                    return Some((out, st));
+                        Err(e) => push_event(&json!({"error": {"message": e.to_string(), "type": "server_error", "code": "internal_error"}}), &mut out),
+                    }
+                    return Some((Bytes::from(out), st));
                 }
                 Some(Err(e)) => {
                     let code = error_code(&e);
@@ -128,10 +165,13 @@ pub(crate) fn sse_reply(
                         tracing::error!(error = %e, "settling a cut stream failed");
                     }
                     let body = json!({"error": {"message": message, "type": "upstream_error", "code": code}});
-                    return Some((event(&body), st));
+                    push_event(&body, &mut out);
+                    return Some((Bytes::from(out), st));
                 }
             }
         }
+        st.ticket = Some(ticket);
+        Some((Bytes::from(out), st))
     })
     .boxed()
 }
@@ -144,8 +184,10 @@ mod tests {
     fn the_last_event_carries_meta_as_written() {
         let chunk = empty_chunk("c1", "tollgate/m", 7);
         let meta = r#"{"usage":{"credits_used":3,"usd_spent":0.0000015}}"#;
-        let event = last_event(&chunk, meta);
-        let text = std::str::from_utf8(&event).unwrap();
+        let mut event = b"data: {}\n\n".to_vec();
+        push_last_event(&chunk, meta, &mut event);
+        let event = event.strip_prefix(b"data: {}\n\n").unwrap();
+        let text = std::str::from_utf8(event).unwrap();
         let json = text
             .strip_prefix("data: ")
             .unwrap()
@@ -155,7 +197,8 @@ mod tests {
         let v: Value = serde_json::from_str(json).unwrap();
         assert_eq!(v["id"], "c1");
         assert_eq!(v["meta"]["usage"]["credits_used"], 3);
-        let bare = last_event(&Map::new(), "{}");
+        let mut bare = Vec::new();
+        push_last_event(&Map::new(), "{}", &mut bare);
         assert_eq!(bare, b"data: {\"meta\":{}}\n\n");
     }
 }

@@ -142,13 +142,13 @@ impl Chunk {
         }
     }
 
-    /// The chunk as one server-sent event, with `model` set to `model_json` (a JSON string)
-    /// and without its `usage` (tollgate sends usage in its own last chunk).
-    pub fn to_event(&self, model_json: &[u8]) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.obj.text().len() + 16);
+    /// Appends the chunk as one server-sent event, with `model` set to `model_json` (a JSON
+    /// string) and without its `usage` (tollgate sends usage in its own last chunk).
+    pub fn write_event(&self, model_json: &[u8], out: &mut Vec<u8>) {
+        out.reserve(self.obj.text().len() + 16);
         out.extend_from_slice(b"data: ");
         self.obj.write_to(
-            &mut out,
+            out,
             |k| match k {
                 "model" => Edit::Replace(model_json),
                 "usage" => Edit::Drop,
@@ -157,7 +157,6 @@ impl Chunk {
             &[("model", model_json)],
         );
         out.extend_from_slice(b"\n\n");
-        out
     }
 }
 
@@ -246,8 +245,10 @@ mod tests {
         let c = chunk(
             json!({"id": "c1", "model": "up", "choices": [{"delta": {"content": "é"}}], "usage": null}),
         );
-        let event = c.to_event(br#""tollgate/m""#);
-        let text = std::str::from_utf8(&event).unwrap();
+        let mut event = b"data: [earlier]\n\n".to_vec();
+        c.write_event(br#""tollgate/m""#, &mut event);
+        let event = event.strip_prefix(b"data: [earlier]\n\n").unwrap();
+        let text = std::str::from_utf8(event).unwrap();
         let data = text
             .strip_prefix("data: ")
             .unwrap()
