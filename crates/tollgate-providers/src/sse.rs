@@ -26,17 +26,18 @@ impl Decoder {
     pub fn feed(&mut self, bytes: &[u8]) -> Vec<Event> {
         self.buf.extend_from_slice(bytes);
         let mut out = Vec::new();
-        while let Some(pos) = self.buf.iter().position(|b| *b == b'\n') {
-            let mut line = self.buf.split_to(pos + 1);
-            line.truncate(pos);
-            if line.last() == Some(&b'\r') {
-                line.truncate(pos - 1);
+        let mut start = 0;
+        while let Some(pos) = self.buf[start..].iter().position(|b| *b == b'\n') {
+            let mut line = &self.buf[start..start + pos];
+            start += pos + 1;
+            if let Some(stripped) = line.strip_suffix(b"\r") {
+                line = stripped;
             }
-            let line = String::from_utf8_lossy(&line).into_owned();
-            if let Some(ev) = self.line(&line) {
+            if let Some(ev) = take_line(&mut self.event, &mut self.data, line) {
                 out.push(ev);
             }
         }
+        self.buf.advance(start);
         out
     }
 
@@ -44,35 +45,38 @@ impl Decoder {
     pub fn has_partial(&self) -> bool {
         self.buf.has_remaining() || self.data.is_some()
     }
+}
 
-    fn line(&mut self, line: &str) -> Option<Event> {
-        if line.is_empty() {
-            let data = self.data.take()?;
-            return Some(Event {
-                event: self.event.take(),
-                data,
-            });
-        }
-        if line.starts_with(':') {
-            return None;
-        }
-        let (field, value) = match line.split_once(':') {
-            Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
-            None => (line, ""),
-        };
-        match field {
-            "data" => match &mut self.data {
-                Some(d) => {
-                    d.push('\n');
-                    d.push_str(value);
-                }
-                None => self.data = Some(value.to_owned()),
-            },
-            "event" => self.event = Some(value.to_owned()),
-            _ => {}
-        }
-        None
+/// Reads one line (without its line ending) into the event being built; an empty line ends
+/// the event (one without data is dropped, its name with it).
+fn take_line(event: &mut Option<String>, data: &mut Option<String>, line: &[u8]) -> Option<Event> {
+    if line.is_empty() {
+        let name = event.take();
+        return data.take().map(|data| Event { event: name, data });
     }
+    if line.starts_with(b":") {
+        return None;
+    }
+    let (field, value) = match line.iter().position(|b| *b == b':') {
+        Some(i) => {
+            let v = &line[i + 1..];
+            (&line[..i], v.strip_prefix(b" ").unwrap_or(v))
+        }
+        None => (line, &b""[..]),
+    };
+    let value = String::from_utf8_lossy(value);
+    match field {
+        b"data" => match data {
+            Some(d) => {
+                d.push('\n');
+                d.push_str(&value);
+            }
+            None => *data = Some(value.into_owned()),
+        },
+        b"event" => *event = Some(value.into_owned()),
+        _ => {}
+    }
+    None
 }
 
 #[cfg(test)]
@@ -98,6 +102,15 @@ mod tests {
             ]
         );
         assert!(!d.has_partial());
+        // An event without data is dropped, and its name does not carry over.
+        let evs = d.feed(b"event: orphan\n\ndata: z\n\n");
+        assert_eq!(
+            evs,
+            vec![Event {
+                event: None,
+                data: "z".into()
+            }]
+        );
         d.feed(b"data: half");
         assert!(d.has_partial());
     }

@@ -220,6 +220,11 @@ pub fn json_string(s: &str) -> Vec<u8> {
 /// The raw JSON text of the fields `names` (each one's last occurrence) of the object
 /// `text`, read in one pass without copying anything; `None` when `text` is not an object.
 pub fn pick<'a, const N: usize>(text: &'a str, names: [&str; N]) -> Option<[Option<&'a str>; N]> {
+    // Another value (`"usage": null` in every chunk of a stream) is refused at once, not by
+    // the slower reader's error.
+    if !text.trim_start().starts_with('{') {
+        return None;
+    }
     let mut picked = [None; N];
     let scanned = scan::object(text, |f| {
         let key = &text[f.key.clone()];
@@ -287,6 +292,7 @@ mod tests {
         assert_eq!(pick(escaped, ["a", "b"]), Some([Some("1"), Some("2")]));
         for bad in [
             "[1]",
+            "null",
             "1",
             "",
             r#"{"a":}"#,
