@@ -49,12 +49,11 @@ async fn the_official_openai_python_sdk_works_unchanged() {
     let db = TestDb::sqlite();
     let upstream = tollgate_testkit::FakeOpenAi::start(tollgate_testkit::Behaviour::Hang).await;
     let billing_url = "https://billing.example.test/billing";
-    let server = Server::start(
+    let server = Server::with_upstream(
         &db.url,
+        &upstream.base_url(),
         &[
             ("TOLLGATE__BILLING__BILLING_URL", billing_url),
-            ("OPENAI_API_KEY", "sk-test-upstream"),
-            ("OPENAI_BASE_URL", &upstream.base_url()),
             ("TOLLGATE__UPSTREAM__FIRST_BYTE_TIMEOUT_SECONDS", "0.5"),
             ("TOLLGATE__UPSTREAM__TOTAL_TIMEOUT_SECONDS", "1"),
         ],

@@ -12,14 +12,12 @@ use tollgate_testkit::{Behaviour, FakeOpenAi};
 
 const MINI: &str = "openai/gpt-4o-mini";
 
-fn start(db: &TestDb, upstream_url: &str) -> Server {
-    Server::start(
-        &db.url,
-        &[
-            ("OPENAI_API_KEY", "sk-upstream-test"),
-            ("OPENAI_BASE_URL", upstream_url),
-        ],
-    )
+/// The text an event's data delivers (`choices[0].delta.content`), if it is a chunk with any.
+fn content(data: &str) -> Option<String> {
+    let chunk: Value = serde_json::from_str(data).ok()?;
+    chunk["choices"][0]["delta"]["content"]
+        .as_str()
+        .map(str::to_owned)
 }
 
 /// The body of a chunked HTTP/1.1 response, as the chunks it was sent in.
@@ -75,7 +73,7 @@ fn raw_request(base: &str, key: &str, body: &Value) -> Vec<u8> {
 async fn a_burst_from_the_upstream_is_gathered_into_few_writes_intact_and_in_order() {
     let db = TestDb::sqlite();
     let fake = FakeOpenAi::start(Behaviour::normal(120)).await;
-    let server = start(&db, &fake.base_url());
+    let server = Server::with_upstream(&db.url, &fake.base_url(), &[]);
     let key = account(&db.url, "burst@example.com", Some("4242424242424242"));
     let body = chat_body(
         MINI,
@@ -91,15 +89,10 @@ async fn a_burst_from_the_upstream_is_gathered_into_few_writes_intact_and_in_ord
     // The role chunk, 120 words, the finish chunk, the usage chunk, [DONE].
     assert_eq!(data.len(), 124, "{data:?}");
     assert_eq!(data.last().unwrap(), "[DONE]");
-    let streamed: String = data[..data.len() - 1]
-        .iter()
-        .map(|d| serde_json::from_str::<Value>(d).unwrap())
-        .filter_map(|v| {
-            v["choices"][0]["delta"]["content"]
-                .as_str()
-                .map(str::to_owned)
-        })
-        .collect();
+    for d in &data[..data.len() - 1] {
+        assert!(serde_json::from_str::<Value>(d).is_ok(), "not JSON: {d}");
+    }
+    let streamed: String = data.iter().filter_map(|d| content(d)).collect();
     // The same words, in the same order, as the whole reply.
     let whole: Value = post_chat(&server, &key, &chat_body(MINI, json!({"max_tokens": 200})))
         .await
@@ -138,7 +131,7 @@ async fn paced_events_reach_the_client_as_the_upstream_sends_them() {
         chunk_delay: pause,
     })
     .await;
-    let server = start(&db, &fake.base_url());
+    let server = Server::with_upstream(&db.url, &fake.base_url(), &[]);
     let key = account(&db.url, "paced@example.com", Some("4242424242424242"));
     let resp = post_chat(&server, &key, &chat_body(MINI, json!({"stream": true}))).await;
     assert_eq!(resp.status(), 200);
@@ -157,11 +150,7 @@ async fn paced_events_reach_the_client_as_the_upstream_sends_them() {
         .iter()
         .filter(|(_, e)| {
             let data = e.trim().strip_prefix("data: ").unwrap_or_default();
-            serde_json::from_str::<Value>(data).is_ok_and(|v| {
-                v["choices"][0]["delta"]["content"]
-                    .as_str()
-                    .is_some_and(|c| !c.is_empty())
-            })
+            content(data).is_some_and(|c| !c.is_empty())
         })
         .map(|(at, _)| *at)
         .collect();

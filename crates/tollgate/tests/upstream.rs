@@ -17,13 +17,11 @@ fn mini_cost(prompt: i64, completion: i64) -> i64 {
 
 fn start(db: &TestDb, upstream_url: &str, extra: &[(&str, &str)]) -> Server {
     let mut env = vec![
-        ("OPENAI_API_KEY", "sk-upstream-test"),
-        ("OPENAI_BASE_URL", upstream_url),
         ("TOLLGATE__UPSTREAM__FIRST_BYTE_TIMEOUT_SECONDS", "0.5"),
         ("TOLLGATE__UPSTREAM__TOTAL_TIMEOUT_SECONDS", "1.5"),
     ];
     env.extend_from_slice(extra);
-    Server::start(&db.url, &env)
+    Server::with_upstream(&db.url, upstream_url, &env)
 }
 
 async fn models(server: &Server) -> Vec<String> {

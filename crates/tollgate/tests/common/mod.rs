@@ -79,6 +79,16 @@ impl Server {
         Self::spawn(db_url, env, "127.0.0.1:0")
     }
 
+    /// A server whose OpenAI provider is the (fake) upstream at `upstream_url`.
+    pub fn with_upstream(db_url: &str, upstream_url: &str, env: &[(&str, &str)]) -> Self {
+        let mut all = vec![
+            ("OPENAI_API_KEY", "sk-upstream-test"),
+            ("OPENAI_BASE_URL", upstream_url),
+        ];
+        all.extend_from_slice(env);
+        Self::start(db_url, &all)
+    }
+
     fn spawn(db_url: &str, env: Vec<(String, String)>, listen: &str) -> Self {
         let mut cmd = Command::new(BIN);
         cmd.args(["serve", "--listen", listen, "--database-url", db_url])
