@@ -824,6 +824,84 @@ async fn concurrent_holds_never_overspend(mut h: Harness) {
     assert_books_clean(&h, Utc::now()).await;
 }
 
+/// Holds, settlements asking for more than their hold, and operator top-ups and charges race
+/// on four threads, with more demand than credits throughout: every settlement still gets at
+/// least what its hold reserved (no hold ever promised credits another hold or a charge was
+/// taking), operator charges take only what no hold reserved, and the books add up.
+async fn holds_settlements_and_operator_charges_racing_keep_every_reservation(h: Harness) {
+    const START: i64 = 2_000;
+    const TASKS: usize = 16;
+    const ROUNDS: usize = 40;
+    let acc = funded_account(&h, "ada", START).await;
+    // One hold first, so the others can be placed from cached figures.
+    let first = hold_ok(&h, hold_req("inf-first", &acc, 1, 1)).await;
+    settle_ok(&h, settlement("inf-first", &acc, first)).await;
+
+    // Every task starts when all exist, and yields after each step so that the tasks of a
+    // thread interleave (a SQLite step alone completes without yielding).
+    let start = Arc::new(tokio::sync::Barrier::new(TASKS));
+    let mut tasks = Vec::new();
+    for i in 0..TASKS {
+        let (store, acc, start) = (h.store.clone(), acc.clone(), start.clone());
+        tasks.push(tokio::spawn(async move {
+            // (reserved, charged) per request, and what operator entries took (net).
+            let (mut served, mut operator) = (Vec::new(), 0);
+            start.wait().await;
+            for round in 0..ROUNDS {
+                tokio::task::yield_now().await;
+                let id = format!("inf-{i}-{round}");
+                if i % 4 == 0 && round % 2 == 0 {
+                    store
+                        .write_ledger(topup(&acc, 300, &id))
+                        .await
+                        .expect("operator top-up");
+                    operator -= 300;
+                    continue;
+                }
+                if i % 4 == 0 {
+                    match store.write_ledger(charge(&acc, 150, &id)).await {
+                        Ok(_) => operator += 150,
+                        Err(StoreError::Insufficient) => {}
+                        Err(e) => panic!("operator charge {id}: {e:?}"),
+                    }
+                    continue;
+                }
+                match store.hold(hold_req(&id, &acc, 100, 400)).await {
+                    Ok(hold) => {
+                        tokio::task::yield_now().await;
+                        match store.settle(settlement(&id, &acc, 600)).await {
+                            Ok(Settled::Charged(c)) => served.push((hold.amount.0, c.0)),
+                            other => panic!("settle {id}: {other:?}"),
+                        }
+                    }
+                    Err(HoldError::Credits { .. }) => {}
+                    Err(e) => panic!("hold {id}: unexpected {e:?}"),
+                }
+            }
+            (served, operator)
+        }));
+    }
+    let mut spent = first;
+    let mut requests = 0;
+    for t in tasks {
+        let (served, operator) = t.await.expect("task panicked");
+        for (reserved, charged) in &served {
+            assert!(
+                charged >= reserved,
+                "reserved {reserved} but could charge only {charged}"
+            );
+            spent += charged;
+        }
+        requests += served.len();
+        spent += operator;
+    }
+    assert!(requests > 0, "no request was served");
+    let (balance, held) = books(&h, &acc).await;
+    assert_eq!((balance, held), (START - spent, 0));
+    assert!(balance >= 0, "balance went negative: {balance}");
+    assert_books_clean(&h, Utc::now()).await;
+}
+
 /// All holds race at once, then all settlements race at once, across two nodes: the holds
 /// reserve exactly the balance and no more, and charges above the holds are clamped so that
 /// together they take exactly the balance.
@@ -1322,6 +1400,8 @@ macro_rules! conformance {
             conformance!(@case $make, settle_of_an_unknown_hold_is_gone);
             conformance!(@case $make, settle_without_charge_releases_the_hold_and_writes_nothing);
             conformance!(@case $make, concurrent_holds_never_overspend,
+                flavor = "multi_thread", worker_threads = 4);
+            conformance!(@case $make, holds_settlements_and_operator_charges_racing_keep_every_reservation,
                 flavor = "multi_thread", worker_threads = 4);
             conformance!(@case $make, simultaneous_holds_then_settlements_stay_within_the_balance,
                 flavor = "multi_thread", worker_threads = 4);

@@ -137,7 +137,7 @@ impl SqliteStore {
                     .and_then(|mut s| s.query_row([&value], |r| account_at(r, 0)).optional())
                     .map_err(db)?;
                 Ok::<_, StoreError>(found.map(|mut a| {
-                    a.held = a.held.saturating_add(Credits(b.book.held(&a.id)));
+                    a.held = a.held.saturating_add(Credits(b.book().held(&a.id)));
                     a
                 }))
             })
@@ -145,6 +145,21 @@ impl SqliteStore {
     }
 
     /// Queues a settlement at once (it runs even if the future is dropped).
+    /// A paid hold whose figures are cached is placed at once from the book, without the
+    /// write path (which may be committing); any other is one job.
+    fn hold_detached_ref(&self, req: HoldRequest) -> BoxFuture<'static, Result<Hold, HoldError>> {
+        if let Some(placed) = self
+            .writer
+            .with_book(|book| ops::hold_from_cache(book, &req))
+        {
+            return Box::pin(std::future::ready(placed));
+        }
+        Box::pin(
+            self.writer
+                .submit(Lane::Request, move |b| ops::hold(b, &req)),
+        )
+    }
+
     fn settle_detached_ref(
         &self,
         s: Settlement,
@@ -285,7 +300,7 @@ impl Store for SqliteStore {
             .run(move |b| {
                 let outcome =
                     b.write(|c| ops::add_card(c, &account_id, &card, grant, millis(Utc::now())))?;
-                b.book.set_balance(&account_id, outcome.balance.0);
+                b.book().set_balance(&account_id, outcome.balance.0);
                 Ok::<_, StoreError>(outcome)
             })
             .await;
@@ -306,23 +321,20 @@ impl Store for SqliteStore {
     }
 
     async fn hold(&self, req: HoldRequest) -> Result<Hold, HoldError> {
-        self.writer.run(move |b| ops::hold(b, &req)).await
+        self.hold_detached_ref(req).await
     }
 
     async fn settle(&self, s: Settlement) -> Result<Settled, StoreError> {
         self.settle_detached_ref(s).await
     }
 
-    /// The hold is one job, queued (and, when the write path is free, run) before this
-    /// returns: no task is needed to protect it.
+    /// The hold is placed, or queued as one job, before this returns: no task is needed to
+    /// protect it.
     fn hold_detached(
         self: Arc<Self>,
         req: HoldRequest,
     ) -> BoxFuture<'static, Result<Hold, HoldError>> {
-        Box::pin(
-            self.writer
-                .submit(Lane::Request, move |b| ops::hold(b, &req)),
-        )
+        self.hold_detached_ref(req)
     }
 
     fn settle_detached(
@@ -341,11 +353,12 @@ impl Store for SqliteStore {
         self.writer
             .run(move |b| {
                 let stored = b.write(|c| ops::release_where(c, "h.node_id = ?1", &node))?;
+                let mut book = b.book();
                 if stored > 0 {
                     // `accounts.held` moved: read the committed figures again.
-                    b.book.forget_committed();
+                    book.forget_committed();
                 }
-                Ok::<_, StoreError>(stored + b.book.remove_where(|h| h.node_id == node))
+                Ok::<_, StoreError>(stored + book.remove_where(|h| h.node_id == node))
             })
             .await
     }
@@ -355,11 +368,12 @@ impl Store for SqliteStore {
         self.writer
             .run(move |b| {
                 let stored = b.write(|c| ops::release_where(c, "h.lease_until < ?1", &now))?;
+                let mut book = b.book();
                 if stored > 0 {
                     // `accounts.held` moved: read the committed figures again.
-                    b.book.forget_committed();
+                    book.forget_committed();
                 }
-                Ok::<_, StoreError>(stored + b.book.remove_where(|h| h.lease_until < now))
+                Ok::<_, StoreError>(stored + book.remove_where(|h| h.lease_until < now))
             })
             .await
     }
@@ -384,7 +398,8 @@ impl Store for SqliteStore {
         let live = self
             .writer
             .run(move |b| {
-                let figures = b.book.figures(millis(now));
+                let book = b.book();
+                let figures = book.figures(millis(now));
                 Ok::<_, StoreError>(
                     figures
                         .into_iter()

@@ -8,7 +8,7 @@ use tollgate_core::money::Credits;
 use tollgate_core::store::*;
 use tollgate_core::usage::UsageRecord;
 
-use super::book::LiveHold;
+use super::book::{Book, LiveHold};
 use super::combiner::Batch;
 use super::db;
 
@@ -80,7 +80,11 @@ pub(super) fn write_ledger(
     entry: &LedgerWrite,
     now: i64,
 ) -> Result<Credits, StoreError> {
-    let live = b.book.held(&entry.account_id);
+    // The book stays locked from the read of live holds to the new balance: a hold placed
+    // from the cache in between would count a balance this charge is taking.
+    b.begin()?;
+    let mut book = b.book();
+    let live = book.held(&entry.account_id);
     let balance = b.write(|conn| {
         let (balance, held) = balance_and_held(conn, &entry.account_id)?;
         if entry.direction == Direction::Charge && balance - held - live < entry.amount.0 {
@@ -100,7 +104,7 @@ pub(super) fn write_ledger(
         }
         Ok(append(conn, entry, now)?.unwrap_or(Credits(balance)))
     })?;
-    b.book.set_balance(&entry.account_id, balance.0);
+    book.set_balance(&entry.account_id, balance.0);
     Ok(balance)
 }
 
@@ -157,26 +161,30 @@ pub(super) fn add_card(
 }
 
 /// The committed balance, from the book or (read once) from the database.
-fn balance(b: &mut Batch<'_>, account_id: &str) -> Result<i64, StoreError> {
-    if let Some(balance) = b.book.balance(account_id) {
+fn balance(b: &mut Batch<'_>, book: &mut Book, account_id: &str) -> Result<i64, StoreError> {
+    if let Some(balance) = book.balance(account_id) {
         return Ok(balance);
     }
-    Ok(committed(b, account_id)?.0)
+    Ok(committed(b, book, account_id)?.0)
 }
 
 /// The committed `(balance, accounts.held)`, from the book or (read once) from the database.
-fn committed(b: &mut Batch<'_>, account_id: &str) -> Result<(i64, i64), StoreError> {
-    if let Some(figures) = b.book.committed(account_id) {
+fn committed(
+    b: &mut Batch<'_>,
+    book: &mut Book,
+    account_id: &str,
+) -> Result<(i64, i64), StoreError> {
+    if let Some(figures) = book.committed(account_id) {
         return Ok(figures);
     }
     let (balance, held) = balance_and_held(b.conn(), account_id)?;
-    b.book.set_committed(account_id, balance, held);
+    book.set_committed(account_id, balance, held);
     Ok((balance, held))
 }
 
 /// The key's committed `(limit_period_start, limit_spent)`, from the book or the database.
-fn key_spent(b: &mut Batch<'_>, key_id: &str) -> Result<(i64, i64), StoreError> {
-    if let Some(spent) = b.book.key_spent(key_id) {
+fn key_spent(b: &mut Batch<'_>, book: &mut Book, key_id: &str) -> Result<(i64, i64), StoreError> {
+    if let Some(spent) = book.key_spent(key_id) {
         return Ok(spent);
     }
     let spent: (i64, i64) = b
@@ -188,35 +196,70 @@ fn key_spent(b: &mut Batch<'_>, key_id: &str) -> Result<(i64, i64), StoreError> 
         })
         .map_err(db)?
         .ok_or(StoreError::NotFound("key"))?;
-    b.book.set_key_spent(key_id, spent.0, spent.1);
+    book.set_key_spent(key_id, spent.0, spent.1);
     Ok(spent)
 }
 
-/// Places a hold in the book. Only the free tier's hourly counter touches the database.
+/// Places a hold in the book, reading the figures it needs that are not cached. Only the
+/// free tier's hourly counter writes to the database.
 pub(super) fn hold(b: &mut Batch<'_>, req: &HoldRequest) -> Result<Hold, HoldError> {
     let now = millis(req.now);
-    let balance = balance(b, &req.account_id)?;
-    let held = b.book.held(&req.account_id);
+    if req.free_tier.is_some() {
+        b.begin()?;
+    }
+    let mut book = b.book();
+    let balance = balance(b, &mut book, &req.account_id)?;
     if let Some(check) = req.free_tier {
-        let in_flight = b.book.in_flight(&req.account_id, now);
+        let in_flight = book.in_flight(&req.account_id, now);
         b.write(|conn| free_request(conn, check, &req.account_id, in_flight, now))?;
     }
-    let key = match req.key_limit {
+    let key_spent = match req.key_limit {
         None => None,
-        Some((limit, start)) => {
-            let (period, spent) = key_spent(b, &req.key_id)?;
-            Some(KeyRoom {
-                threshold: limit.threshold.0,
-                spent: if period == millis(start) { spent } else { 0 },
-                held: b.book.key_held(&req.key_id),
-            })
-        }
+        Some(_) => Some(key_spent(b, &mut book, &req.key_id)?),
+    };
+    reserve_in_book(&mut book, req, balance, key_spent)
+}
+
+/// Places a paid hold from the book alone, when every figure it needs is cached: `None`
+/// sends it to the write path ([`hold`]). A hold placed here sees the committed figures as
+/// of the write path's last look at outside commits, as every hold does.
+pub(super) fn hold_from_cache(
+    book: &mut Book,
+    req: &HoldRequest,
+) -> Option<Result<Hold, HoldError>> {
+    if req.free_tier.is_some() {
+        return None;
+    }
+    let balance = book.balance(&req.account_id)?;
+    let key_spent = match req.key_limit {
+        None => None,
+        Some(_) => Some(book.key_spent(&req.key_id)?),
+    };
+    Some(reserve_in_book(book, req, balance, key_spent))
+}
+
+/// Reserves what the account (and the key's limit, with its committed `(period, spent)`)
+/// can cover, and records the hold.
+fn reserve_in_book(
+    book: &mut Book,
+    req: &HoldRequest,
+    balance: i64,
+    key_spent: Option<(i64, i64)>,
+) -> Result<Hold, HoldError> {
+    let held = book.held(&req.account_id);
+    let key = match (req.key_limit, key_spent) {
+        (Some((limit, start)), Some((period, spent))) => Some(KeyRoom {
+            threshold: limit.threshold.0,
+            spent: if period == millis(start) { spent } else { 0 },
+            held: book.key_held(&req.key_id),
+        }),
+        _ => None,
     };
     let amount = reserve::amount(balance, held, key, req.min, req.max)?;
-    if b.book.contains(&req.id) {
+    if book.contains(&req.id) {
         return Err(StoreError::Conflict("hold id").into());
     }
-    b.book.insert(
+    book.insert(
         req.id.clone(),
         LiveHold {
             account_id: req.account_id.clone(),
@@ -261,7 +304,11 @@ fn free_request(
 /// written; the book gives the hold back once they are. The balance is written once per
 /// batch (see [`Batch::defer_balance`]).
 pub(super) fn settle(b: &mut Batch<'_>, s: &Settlement, now: i64) -> Result<Settled, StoreError> {
-    let Some(hold) = b.book.hold(&s.hold_id) else {
+    let live_hold = b
+        .book()
+        .hold(&s.hold_id)
+        .map(|h| (h.amount, h.key_limited.then(|| h.key_id.clone())));
+    let Some((amount, limited_key)) = live_hold else {
         let done: Option<i64> = b
             .conn()
             .prepare_cached("SELECT id FROM ledger WHERE idempotency_key = ?1")
@@ -276,17 +323,19 @@ pub(super) fn settle(b: &mut Batch<'_>, s: &Settlement, now: i64) -> Result<Sett
             Settled::HoldGone
         });
     };
-    let (amount, limited_key) = (hold.amount, hold.key_limited.then(|| hold.key_id.clone()));
     // Inside the write transaction the book's committed balance is exact: an operator's
-    // deduction made a moment ago by another process counts here.
+    // deduction made a moment ago by another process counts here. The book stays locked
+    // until the hold is gone and the new balance is in: a hold placed from the cache sees
+    // both or neither (the commit itself runs without the lock).
     b.begin()?;
-    let (balance, stored_held) = committed(b, &s.account_id)?;
-    let live = b.book.held(&s.account_id);
+    let mut book = b.book();
+    let (balance, stored_held) = committed(b, &mut book, &s.account_id)?;
+    let live = book.held(&s.account_id);
     let charge = reserve::charge(s.charge, balance, live + stored_held, amount);
     let period = s.key_period_start.map(millis).unwrap_or(0);
     let spent = match &limited_key {
         Some(key_id) => {
-            let (stored_period, spent) = key_spent(b, key_id)?;
+            let (stored_period, spent) = key_spent(b, &mut book, key_id)?;
             Some(if stored_period == period {
                 spent + charge
             } else {
@@ -299,7 +348,7 @@ pub(super) fn settle(b: &mut Batch<'_>, s: &Settlement, now: i64) -> Result<Sett
         let entry = LedgerWrite::model_usage(s, Credits(charge));
         if !b.write_all_or_nothing(|conn| insert_entry(conn, &entry, now))? {
             // The usage charge is already in the ledger: settled earlier.
-            b.book.remove(&s.hold_id);
+            book.remove(&s.hold_id);
             return Ok(Settled::AlreadySettled);
         }
     }
@@ -312,10 +361,11 @@ pub(super) fn settle(b: &mut Batch<'_>, s: &Settlement, now: i64) -> Result<Sett
             .map(drop)
             .map_err(db)
         })?;
-        b.book.set_key_spent(key_id, period, spent);
+        book.set_key_spent(key_id, period, spent);
     }
-    b.book.remove(&s.hold_id);
+    book.remove(&s.hold_id);
     if charge > 0 {
+        book.set_balance(&s.account_id, balance - charge);
         b.defer_balance(&s.account_id, balance - charge);
     }
     Ok(Settled::Charged(Credits(charge)))

@@ -2,15 +2,16 @@
 //! write transaction per batch (begun at the first write) and a savepoint per job.
 
 use super::super::book::Book;
-use super::{read_data_version, run_cached};
+use super::{lock, read_data_version, run_cached};
 use rusqlite::Connection;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
 use tollgate_core::store::StoreError;
 
 /// What a job sees: the book, and the write connection through savepoints.
 pub(crate) struct Batch<'a> {
     pub(super) conn: &'a Connection,
-    pub book: &'a mut Book,
+    pub(super) book: &'a Mutex<Book>,
     pub(super) txn: Txn,
     pub(super) data_version: &'a mut i64,
     pub(super) epoch: &'a AtomicU64,
@@ -27,6 +28,14 @@ pub(super) enum Txn {
 }
 
 impl<'a> Batch<'a> {
+    /// The book, locked until the guard is dropped. Holds placed from the cache take the
+    /// same lock, so a job's reads and updates of the book under one guard are atomic to
+    /// them. Take it after [`Batch::begin`] (which may lock it itself), and never call
+    /// [`Batch::begin`] while holding it.
+    pub fn book(&self) -> MutexGuard<'a, Book> {
+        lock(self.book)
+    }
+
     /// Set while request jobs wait for the write path: a background job that can stop
     /// part-way should.
     pub fn requests_waiting(&self) -> &'a AtomicBool {
@@ -43,7 +52,7 @@ impl<'a> Batch<'a> {
                     Ok(v) => {
                         if v != *self.data_version {
                             *self.data_version = v;
-                            self.book.forget_committed();
+                            lock(self.book).forget_committed();
                             self.epoch.fetch_add(1, Ordering::Release);
                         }
                         Txn::Open
@@ -106,10 +115,10 @@ impl<'a> Batch<'a> {
         }
     }
 
-    /// Sets an account's balance in the book and writes it before the commit (one update
-    /// per account however many settlements moved it). Call inside the write transaction.
+    /// Writes an account's balance before the commit (one update per account however many
+    /// settlements moved it); the caller sets it in the book. Call inside the write
+    /// transaction.
     pub fn defer_balance(&mut self, account_id: &str, balance: i64) {
-        self.book.set_balance(account_id, balance);
         match self.balances.iter_mut().find(|(a, _)| a == account_id) {
             Some((_, b)) => *b = balance,
             None => self.balances.push((account_id.to_owned(), balance)),

@@ -1,5 +1,7 @@
-//! The write side of the SQLite store: one write connection and the book of live holds,
-//! used by whichever caller finds them free (flat combining), with group commit.
+//! The write side of the SQLite store: one write connection, used by whichever caller finds
+//! it free (flat combining), with group commit; and the book of live holds, under a lock of
+//! its own that jobs take between statements, so that a hold needing no database read is
+//! placed without waiting for a commit.
 //!
 //! A caller queues its job and tries to take the write state. The one that gets it runs the
 //! queued jobs of its own thread (its *origin*) in one transaction, commits, and answers
@@ -79,7 +81,6 @@ pub(crate) enum Lane {
 
 struct State {
     conn: Connection,
-    book: Book,
     /// The write connection's `PRAGMA data_version` when last read: it changes only when
     /// another connection (another process) commits.
     data_version: i64,
@@ -147,6 +148,9 @@ impl Queues {
 
 struct Shared {
     state: Mutex<State>,
+    /// The book has its own lock, taken for moments (never across a commit): a hold that
+    /// needs no database read is placed without waiting for the write path.
+    book: Mutex<Book>,
     queues: Mutex<Queues>,
     /// Whether request jobs are queued: a long background job stops early for them.
     requests_waiting: AtomicBool,
@@ -220,10 +224,10 @@ impl Combiner {
             shared: Arc::new(Shared {
                 state: Mutex::new(State {
                     conn,
-                    book: Book::default(),
                     data_version,
                     looked_at: Instant::now(),
                 }),
+                book: Mutex::new(Book::default()),
                 queues: Mutex::new(Queues::default()),
                 requests_waiting: AtomicBool::new(false),
                 epoch,
@@ -394,15 +398,13 @@ impl Combiner {
             // committed figures again.
             tracing::error!("a SQLite write batch was interrupted; rolling it back");
             let _ = state.conn.execute_batch("ROLLBACK");
-            state.book.forget_committed();
+            lock(&self.shared.book).forget_committed();
         }
         self.look_outside(state);
         let State {
-            conn,
-            book,
-            data_version,
-            ..
+            conn, data_version, ..
         } = state;
+        let book = &self.shared.book;
         let mut batch = Batch {
             conn,
             book,
@@ -420,7 +422,7 @@ impl Combiner {
                 if !conn.is_autocommit() {
                     let _ = conn.execute_batch("ROLLBACK");
                 }
-                book.forget_committed();
+                lock(book).forget_committed();
                 Some(e)
             }
             Txn::Open => match run_cached(conn, "COMMIT") {
@@ -430,7 +432,7 @@ impl Combiner {
                     tracing::error!(error = %e, "SQLite commit failed; rolling back");
                     let _ = conn.execute_batch("ROLLBACK");
                     // The book already counted this batch's writes: read them again.
-                    book.forget_committed();
+                    lock(book).forget_committed();
                     Some(e)
                 }
             },
@@ -451,7 +453,7 @@ impl Combiner {
         match read_data_version(&state.conn) {
             Ok(v) if v != state.data_version => {
                 state.data_version = v;
-                state.book.forget_committed();
+                lock(&self.shared.book).forget_committed();
                 self.shared.epoch.fetch_add(1, Ordering::Release);
             }
             Ok(_) => {}
@@ -470,6 +472,12 @@ impl Combiner {
         drop(state);
         // Jobs queued while this held the state: their origins are woken.
         self.hand_over(None);
+    }
+
+    /// Runs `f` on the book alone, without the write path: for a hold whose figures are all
+    /// cached. A batch holds the book only between its statements, never across a commit.
+    pub fn with_book<R>(&self, f: impl FnOnce(&mut Book) -> R) -> R {
+        f(&mut lock(&self.shared.book))
     }
 
     /// Runs `f` while no batch runs (jobs queue meanwhile), then runs what queued.
