@@ -144,7 +144,6 @@ impl SqliteStore {
             .await
     }
 
-    /// Queues a settlement at once (it runs even if the future is dropped).
     /// A paid hold whose figures are cached is placed at once from the book, without the
     /// write path (which may be committing); any other is one job.
     fn hold_detached_ref(&self, req: HoldRequest) -> BoxFuture<'static, Result<Hold, HoldError>> {
@@ -160,6 +159,7 @@ impl SqliteStore {
         )
     }
 
+    /// Queues a settlement at once (it runs even if the future is dropped).
     fn settle_detached_ref(
         &self,
         s: Settlement,

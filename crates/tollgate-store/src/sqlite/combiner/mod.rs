@@ -1,7 +1,8 @@
 //! The write side of the SQLite store: one write connection, used by whichever caller finds
 //! it free (flat combining), with group commit; and the book of live holds, under a lock of
-//! its own that jobs take between statements, so that a hold needing no database read is
-//! placed without waiting for a commit.
+//! its own that a job holds from its first read of the book to its last update and never
+//! across a commit, so that a hold needing no database read is placed without waiting for
+//! the write path.
 //!
 //! A caller queues its job and tries to take the write state. The one that gets it runs the
 //! queued jobs of its own thread (its *origin*) in one transaction, commits, and answers
@@ -148,7 +149,7 @@ impl Queues {
 
 struct Shared {
     state: Mutex<State>,
-    /// The book has its own lock, taken for moments (never across a commit): a hold that
+    /// The book, under a lock of its own that is never held across a commit: a hold that
     /// needs no database read is placed without waiting for the write path.
     book: Mutex<Book>,
     queues: Mutex<Queues>,
@@ -213,7 +214,7 @@ fn try_lock(m: &Mutex<State>) -> Option<MutexGuard<'_, State>> {
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A job that panicked left no half-done state behind: every job's database writes are
-    // in a savepoint, and the book is updated only after they succeeded.
+    // in a savepoint (or fail the batch), and the book is updated only after they succeeded.
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
@@ -475,7 +476,7 @@ impl Combiner {
     }
 
     /// Runs `f` on the book alone, without the write path: for a hold whose figures are all
-    /// cached. A batch holds the book only between its statements, never across a commit.
+    /// cached. It waits at most for a job's own statements, never for a commit.
     pub fn with_book<R>(&self, f: impl FnOnce(&mut Book) -> R) -> R {
         f(&mut lock(&self.shared.book))
     }
