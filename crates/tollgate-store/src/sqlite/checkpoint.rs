@@ -8,7 +8,6 @@
 //! After a quiet second it empties the WAL, so that it does not go cold in the page cache.
 
 use super::combiner::Combiner;
-use rusqlite::Connection;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -53,7 +52,7 @@ impl Drop for Checkpointer {
 }
 
 fn run(path: &Path, writer: &Combiner, stop: &AtomicBool) {
-    let conn = match Connection::open(path) {
+    let conn = match super::walvfs::open(path, rusqlite::OpenFlags::default()) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "the checkpoint thread cannot open the database");
@@ -106,7 +105,7 @@ mod tests {
     async fn a_quiet_wal_is_emptied_and_keeps_what_was_committed() {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("q.db");
-        let conn = Connection::open(&path).expect("open");
+        let conn = rusqlite::Connection::open(&path).expect("open");
         conn.execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE t (x INTEGER);")
             .expect("schema");
         let writer = Combiner::new(conn, Arc::new(AtomicU64::new(0)));

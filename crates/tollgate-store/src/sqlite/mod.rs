@@ -9,6 +9,7 @@ mod keycache;
 mod migrate;
 mod ops;
 mod reader;
+mod walvfs;
 
 use crate::rows::{kind, limit, millis, scopes, time};
 use chrono::{DateTime, Utc};
@@ -16,7 +17,7 @@ use combiner::{Combiner, Lane};
 use futures::future::BoxFuture;
 use keycache::KeyCache;
 use reader::Readers;
-use rusqlite::{params, Connection, OptionalExtension, Row};
+use rusqlite::{params, OpenFlags, OptionalExtension, Row};
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
@@ -87,8 +88,8 @@ impl SqliteStore {
     /// Opens (creating if missing) the database at `url` and applies migrations.
     pub async fn connect(url: &str) -> Result<Self, String> {
         let path = path_of(url)?;
-        let conn =
-            Connection::open(&path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        let conn = walvfs::open(&path, OpenFlags::default())
+            .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
         conn.busy_timeout(std::time::Duration::from_secs(10))
             .map_err(|e| e.to_string())?;
         // No checkpoint on commit: a commit that crossed the WAL's size threshold would copy
