@@ -126,7 +126,12 @@ unsafe fn methods<'a>(f: *mut ffi::sqlite3_file) -> &'a ffi::sqlite3_io_methods 
 /// Writes `bytes` at `offset` through the default VFS.
 unsafe fn write_through(f: *mut ffi::sqlite3_file, bytes: &[u8], offset: i64) -> c_int {
     #[cfg(test)]
-    tests::WRITES.with(|w| w.set(w.get() + 1));
+    {
+        tests::WRITES.with(|w| w.set(w.get() + 1));
+        if tests::FAIL_WRITES.with(|f| f.replace(f.get().saturating_sub(1)) > 0) {
+            return ffi::SQLITE_IOERR_WRITE;
+        }
+    }
     let Ok(len) = c_int::try_from(bytes.len()) else {
         return ffi::SQLITE_IOERR_WRITE;
     };

@@ -7,6 +7,11 @@ thread_local! {
     pub(super) static WRITES: Cell<u64> = const { Cell::new(0) };
 }
 
+thread_local! {
+    /// This thread's next so many writes from a WAL file fail, as a full disk's would.
+    pub(super) static FAIL_WRITES: Cell<u32> = const { Cell::new(0) };
+}
+
 fn writes() -> u64 {
     WRITES.with(Cell::get)
 }
@@ -172,4 +177,45 @@ fn readers_on_other_threads_never_see_a_torn_commit() {
         assert!(r.join().expect("reader thread") <= sum);
     }
     check(&plain(&path), 2000, sum);
+}
+
+#[test]
+fn a_failed_write_fails_its_commit_and_loses_nothing_committed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("t.db");
+    let conn = open(&path, OpenFlags::default()).expect("open");
+    setup(&conn);
+    for i in 0..20i64 {
+        conn.execute_batch(&format!(
+            "BEGIN IMMEDIATE; INSERT INTO t (k, v) VALUES ('ok{i}', 5); UPDATE total SET sum = sum + 5; COMMIT;"
+        ))
+        .expect("txn");
+    }
+    check(&plain(&path), 20, 100);
+    // Only the first write of the commit fails (the gathered frames); the commit frame's
+    // page after it would succeed.
+    FAIL_WRITES.with(|f| f.set(1));
+    let failed = conn.execute_batch(
+        "BEGIN IMMEDIATE; INSERT INTO t (k, v) VALUES ('lost', 9); UPDATE total SET sum = sum + 9; COMMIT;",
+    );
+    FAIL_WRITES.with(|f| f.set(0));
+    assert!(
+        failed.is_err(),
+        "a commit whose frames were not written must fail"
+    );
+    if !conn.is_autocommit() {
+        conn.execute_batch("ROLLBACK").expect("rollback");
+    }
+    check(&plain(&path), 20, 100);
+    check(&conn, 20, 100);
+    conn.execute_batch(
+        "BEGIN IMMEDIATE; INSERT INTO t (k, v) VALUES ('after', 3); UPDATE total SET sum = sum + 3; COMMIT;",
+    )
+    .expect("the next transaction commits");
+    let fresh = plain(&path);
+    check(&fresh, 21, 103);
+    let ok: String = fresh
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .expect("integrity");
+    assert_eq!(ok, "ok");
 }
