@@ -149,10 +149,9 @@ unsafe fn flush(f: *mut ffi::sqlite3_file) -> c_int {
     if w.gathered.is_empty() {
         return ffi::SQLITE_OK;
     }
-    let gathered = std::mem::take(&mut w.gathered);
+    let mut gathered = std::mem::take(&mut w.gathered);
     let rc = write_through(f, &gathered, w.start);
     // Keep the allocation for the next transaction.
-    let mut gathered = gathered;
     gathered.clear();
     wal(f).gathered = gathered;
     rc

@@ -28,6 +28,23 @@ fn setup(conn: &Connection) {
     .expect("schema");
 }
 
+/// A new database in a temporary directory, open through this VFS with the test schema.
+fn fresh() -> (tempfile::TempDir, std::path::PathBuf, Connection) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("t.db");
+    let conn = open(&path, OpenFlags::default()).expect("open");
+    setup(&conn);
+    (dir, path, conn)
+}
+
+/// Commits one row of value `v` and its addition to the total.
+fn add(conn: &Connection, k: &str, v: i64) -> rusqlite::Result<()> {
+    let tx = conn.unchecked_transaction()?;
+    tx.execute("INSERT INTO t (k, v) VALUES (?1, ?2)", (k, v))?;
+    tx.execute("UPDATE total SET sum = sum + ?1", [v])?;
+    tx.commit()
+}
+
 /// A connection through the default VFS: it sees only what reached the file.
 fn plain(path: &Path) -> Connection {
     Connection::open(path).expect("open plain")
@@ -47,10 +64,7 @@ fn check(conn: &Connection, rows: i64, sum: i64) {
 
 #[test]
 fn a_commit_of_several_pages_is_two_writes() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("t.db");
-    let conn = open(&path, OpenFlags::default()).expect("open");
-    setup(&conn);
+    let (_dir, _path, conn) = fresh();
     // Warm up past the first frames (the WAL header is written on the first commit).
     for i in 0..50 {
         conn.execute(
@@ -60,13 +74,7 @@ fn a_commit_of_several_pages_is_two_writes() {
         .expect("insert");
     }
     let before = writes();
-    conn.execute_batch(
-        "BEGIN IMMEDIATE;
-         INSERT INTO t (k, v) VALUES ('one', 7);
-         UPDATE total SET sum = sum + 7;
-         COMMIT;",
-    )
-    .expect("txn");
+    add(&conn, "one", 7).expect("txn");
     let frames: i64 = conn
         .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get(1))
         .expect("wal");
@@ -77,10 +85,7 @@ fn a_commit_of_several_pages_is_two_writes() {
 
 #[test]
 fn every_commit_is_in_the_file_for_other_connections() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("t.db");
-    let conn = open(&path, OpenFlags::default()).expect("open");
-    setup(&conn);
+    let (_dir, path, conn) = fresh();
     // A small cache makes large transactions spill uncommitted frames to the WAL.
     conn.execute_batch("PRAGMA cache_size = 20;")
         .expect("cache");
@@ -132,10 +137,7 @@ fn every_commit_is_in_the_file_for_other_connections() {
 
 #[test]
 fn readers_on_other_threads_never_see_a_torn_commit() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("t.db");
-    let conn = open(&path, OpenFlags::default()).expect("open");
-    setup(&conn);
+    let (_dir, path, conn) = fresh();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let readers: Vec<_> = (0..2)
         .map(|_| {
@@ -161,15 +163,7 @@ fn readers_on_other_threads_never_see_a_torn_commit() {
         .collect();
     let mut sum = 0;
     for i in 0..2000i64 {
-        let tx = conn.unchecked_transaction().expect("begin");
-        tx.execute(
-            "INSERT INTO t (k, v) VALUES (?1, ?2)",
-            (format!("k{i}"), i % 7 + 1),
-        )
-        .expect("insert");
-        tx.execute("UPDATE total SET sum = sum + ?1", [i % 7 + 1])
-            .expect("total");
-        tx.commit().expect("commit");
+        add(&conn, &format!("k{i}"), i % 7 + 1).expect("commit");
         sum += i % 7 + 1;
     }
     stop.store(true, Ordering::Relaxed);
@@ -181,23 +175,15 @@ fn readers_on_other_threads_never_see_a_torn_commit() {
 
 #[test]
 fn a_failed_write_fails_its_commit_and_loses_nothing_committed() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("t.db");
-    let conn = open(&path, OpenFlags::default()).expect("open");
-    setup(&conn);
+    let (_dir, path, conn) = fresh();
     for i in 0..20i64 {
-        conn.execute_batch(&format!(
-            "BEGIN IMMEDIATE; INSERT INTO t (k, v) VALUES ('ok{i}', 5); UPDATE total SET sum = sum + 5; COMMIT;"
-        ))
-        .expect("txn");
+        add(&conn, &format!("ok{i}"), 5).expect("txn");
     }
     check(&plain(&path), 20, 100);
     // Only the first write of the commit fails (the gathered frames); the commit frame's
     // page after it would succeed.
     FAIL_WRITES.with(|f| f.set(1));
-    let failed = conn.execute_batch(
-        "BEGIN IMMEDIATE; INSERT INTO t (k, v) VALUES ('lost', 9); UPDATE total SET sum = sum + 9; COMMIT;",
-    );
+    let failed = add(&conn, "lost", 9);
     FAIL_WRITES.with(|f| f.set(0));
     assert!(
         failed.is_err(),
@@ -208,10 +194,7 @@ fn a_failed_write_fails_its_commit_and_loses_nothing_committed() {
     }
     check(&plain(&path), 20, 100);
     check(&conn, 20, 100);
-    conn.execute_batch(
-        "BEGIN IMMEDIATE; INSERT INTO t (k, v) VALUES ('after', 3); UPDATE total SET sum = sum + 3; COMMIT;",
-    )
-    .expect("the next transaction commits");
+    add(&conn, "after", 3).expect("the next transaction commits");
     let fresh = plain(&path);
     check(&fresh, 21, 103);
     let ok: String = fresh
