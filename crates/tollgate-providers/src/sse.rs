@@ -1,7 +1,5 @@
 //! The one server-sent-events decoder all streaming adapters share.
 
-use bytes::{Buf, BytesMut};
-
 /// One decoded event: its `event:` name (if any) and its `data:` lines joined by newlines.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event {
@@ -12,7 +10,8 @@ pub struct Event {
 /// Incremental decoder: feed bytes as they arrive, take complete events out.
 #[derive(Debug, Default)]
 pub struct Decoder {
-    buf: BytesMut,
+    /// The start of a line whose end has not arrived yet.
+    partial: Vec<u8>,
     event: Option<String>,
     data: Option<String>,
 }
@@ -22,96 +21,136 @@ impl Decoder {
         Self::default()
     }
 
-    /// Appends bytes and returns every event they complete.
-    pub fn feed(&mut self, bytes: &[u8]) -> Vec<Event> {
-        self.buf.extend_from_slice(bytes);
-        let mut out = Vec::new();
-        let mut start = 0;
-        while let Some(pos) = self.buf[start..].iter().position(|b| *b == b'\n') {
-            let mut line = &self.buf[start..start + pos];
-            start += pos + 1;
-            if let Some(stripped) = line.strip_suffix(b"\r") {
-                line = stripped;
+    /// Reads `bytes` and calls `each` with every event they complete, in order.
+    pub fn feed(&mut self, bytes: &[u8], mut each: impl FnMut(Event)) {
+        let mut rest = bytes;
+        if !self.partial.is_empty() {
+            // Finish the line begun in an earlier read, then go on in this one.
+            let Some(end) = memchr::memchr(b'\n', rest) else {
+                self.partial.extend_from_slice(rest);
+                return;
+            };
+            let mut line = std::mem::take(&mut self.partial);
+            line.extend_from_slice(&rest[..end]);
+            rest = &rest[end + 1..];
+            if let Some(ev) = self.line(&line) {
+                each(ev);
             }
-            if let Some(ev) = take_line(&mut self.event, &mut self.data, line) {
-                out.push(ev);
-            }
+            line.clear();
+            self.partial = line;
         }
-        self.buf.advance(start);
-        out
+        while let Some(end) = memchr::memchr(b'\n', rest) {
+            if let Some(ev) = self.line(&rest[..end]) {
+                each(ev);
+            }
+            rest = &rest[end + 1..];
+        }
+        self.partial.extend_from_slice(rest);
     }
 
     /// Whether bytes of an unfinished event remain.
     pub fn has_partial(&self) -> bool {
-        self.buf.has_remaining() || self.data.is_some()
+        !self.partial.is_empty() || self.data.is_some()
     }
-}
 
-/// Reads one line (without its line ending) into the event being built; an empty line ends
-/// the event (one without data is dropped, its name with it).
-fn take_line(event: &mut Option<String>, data: &mut Option<String>, line: &[u8]) -> Option<Event> {
-    if line.is_empty() {
-        let name = event.take();
-        return data.take().map(|data| Event { event: name, data });
-    }
-    if line.starts_with(b":") {
-        return None;
-    }
-    let (field, value) = match line.iter().position(|b| *b == b':') {
-        Some(i) => {
-            let v = &line[i + 1..];
-            (&line[..i], v.strip_prefix(b" ").unwrap_or(v))
+    /// Reads one line (without its `\n`) into the event being built; an empty line ends the
+    /// event (one without data is dropped, its name with it).
+    fn line(&mut self, line: &[u8]) -> Option<Event> {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            let name = self.event.take();
+            return self.data.take().map(|data| Event { event: name, data });
         }
-        None => (line, &b""[..]),
-    };
-    let value = String::from_utf8_lossy(value);
-    match field {
-        b"data" => match data {
+        if line[0] == b':' {
+            return None;
+        }
+        let (field, value) = match memchr::memchr(b':', line) {
+            Some(i) => {
+                let v = &line[i + 1..];
+                (&line[..i], v.strip_prefix(b" ").unwrap_or(v))
+            }
+            None => (line, &b""[..]),
+        };
+        let slot = match field {
+            b"data" => &mut self.data,
+            b"event" => {
+                self.event = None;
+                &mut self.event
+            }
+            _ => return None,
+        };
+        let value = match std::str::from_utf8(value) {
+            Ok(v) => std::borrow::Cow::Borrowed(v),
+            Err(_) => String::from_utf8_lossy(value),
+        };
+        match slot {
             Some(d) => {
                 d.push('\n');
                 d.push_str(&value);
             }
-            None => *data = Some(value.into_owned()),
-        },
-        b"event" => *event = Some(value.into_owned()),
-        _ => {}
+            None => *slot = Some(value.into_owned()),
+        }
+        None
     }
-    None
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn feed(d: &mut Decoder, bytes: &[u8]) -> Vec<Event> {
+        let mut out = Vec::new();
+        d.feed(bytes, |ev| out.push(ev));
+        out
+    }
+
+    fn ev(event: Option<&str>, data: &str) -> Event {
+        Event {
+            event: event.map(Into::into),
+            data: data.into(),
+        }
+    }
+
     #[test]
     fn decodes_split_events_crlf_comments_and_names() {
         let mut d = Decoder::new();
-        assert!(d.feed(b": ping\n\ndata: {\"a\"").is_empty());
-        let evs = d.feed(b":1}\r\n\r\nevent: done\ndata: x\ndata: y\n\n");
-        assert_eq!(
-            evs,
-            vec![
-                Event {
-                    event: None,
-                    data: "{\"a\":1}".into()
-                },
-                Event {
-                    event: Some("done".into()),
-                    data: "x\ny".into()
-                },
-            ]
-        );
+        assert!(feed(&mut d, b": ping\n\ndata: {\"a\"").is_empty());
+        let evs = feed(&mut d, b":1}\r\n\r\nevent: done\ndata: x\ndata: y\n\n");
+        assert_eq!(evs, vec![ev(None, "{\"a\":1}"), ev(Some("done"), "x\ny")]);
         assert!(!d.has_partial());
         // An event without data is dropped, and its name does not carry over.
-        let evs = d.feed(b"event: orphan\n\ndata: z\n\n");
-        assert_eq!(
-            evs,
-            vec![Event {
-                event: None,
-                data: "z".into()
-            }]
-        );
-        d.feed(b"data: half");
+        let evs = feed(&mut d, b"event: orphan\n\ndata: z\n\n");
+        assert_eq!(evs, vec![ev(None, "z")]);
+        feed(&mut d, b"data: half");
         assert!(d.has_partial());
+    }
+
+    #[test]
+    fn any_split_of_the_bytes_decodes_the_same() {
+        let mut bytes =
+            "data: {\"é\":\"日本\"}\r\n\r\n: c\nevent: e\ndata:a\ndata:  b\r\nid: 1\n\n"
+                .as_bytes()
+                .to_vec();
+        // A byte that is not UTF-8 is read as U+FFFD.
+        bytes.extend_from_slice(b"data: \xff\n\n");
+        let whole = feed(&mut Decoder::new(), &bytes);
+        assert_eq!(
+            whole,
+            vec![
+                ev(None, "{\"é\":\"日本\"}"),
+                ev(Some("e"), "a\n b"),
+                ev(None, "\u{fffd}"),
+            ]
+        );
+        for a in 0..bytes.len() {
+            for b in a..bytes.len() {
+                let mut d = Decoder::new();
+                let mut got = feed(&mut d, &bytes[..a]);
+                got.extend(feed(&mut d, &bytes[a..b]));
+                got.extend(feed(&mut d, &bytes[b..]));
+                assert_eq!(got, whole, "split at {a} and {b}");
+                assert!(!d.has_partial());
+            }
+        }
     }
 }

@@ -3,7 +3,7 @@
 //! some replaced, without building a `serde_json::Value` tree (an allocation per field and
 //! per string) and serialising it back.
 
-mod scan;
+pub(crate) mod scan;
 
 use serde::de::{Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
@@ -22,7 +22,27 @@ enum Key {
 #[derive(Debug, Clone)]
 struct Field {
     key: Key,
+    /// [`sig`] of the name, compared before the name itself.
+    sig: u32,
     value: Range<usize>,
+}
+
+/// A name's length and first and last bytes: names that differ here differ.
+fn sig(name: &[u8]) -> u32 {
+    let (first, last) = (name.first(), name.last());
+    ((name.len() as u32) << 16)
+        | (u32::from(first.copied().unwrap_or(0)) << 8)
+        | u32::from(last.copied().unwrap_or(0))
+}
+
+impl Field {
+    fn new(text: &str, key: Key, value: Range<usize>) -> Self {
+        let sig = sig(match &key {
+            Key::At(r) => &text.as_bytes()[r.clone()],
+            Key::Decoded(k) => k.as_bytes(),
+        });
+        Self { key, sig, value }
+    }
 }
 
 /// A parsed JSON object and its text.
@@ -30,6 +50,8 @@ struct Field {
 pub struct RawObject {
     text: String,
     fields: Vec<Field>,
+    /// Whether some name occurs more than once.
+    repeats: bool,
 }
 
 /// What to do with a field when writing the object out.
@@ -74,10 +96,7 @@ fn fields(text: &str) -> Result<Vec<Field>, serde_json::Error> {
         } else {
             Key::At(f.key)
         };
-        fields.push(Field {
-            key,
-            value: f.value,
-        });
+        fields.push(Field::new(text, key, f.value));
         Some(())
     });
     match scanned {
@@ -94,13 +113,40 @@ fn key_of<'a>(text: &'a str, f: &'a Field) -> &'a str {
     }
 }
 
+/// A field's name as bytes (compared without the checks that slicing a `str` makes).
+fn key_bytes<'a>(text: &'a str, f: &'a Field) -> &'a [u8] {
+    match &f.key {
+        Key::At(r) => &text.as_bytes()[r.clone()],
+        Key::Decoded(k) => k.as_bytes(),
+    }
+}
+
 /// The value text of the last field named `name`.
 fn find<'a>(text: &'a str, fields: &[Field], name: &str) -> Option<&'a str> {
+    let (name, want) = (name.as_bytes(), sig(name.as_bytes()));
     fields
         .iter()
         .rev()
-        .find(|f| key_of(text, f) == name)
+        .find(|f| f.sig == want && key_bytes(text, f) == name)
         .map(|f| &text[f.value.clone()])
+}
+
+/// Fields up to which names are checked for repeats pair by pair rather than with a set.
+const PAIRWISE_MAX: usize = 12;
+
+/// Whether some name occurs more than once, in time linear in the number of fields (an
+/// object from a client can have hundreds of thousands).
+fn has_repeats(text: &str, fields: &[Field]) -> bool {
+    if fields.len() <= PAIRWISE_MAX {
+        return (1..fields.len()).any(|i| {
+            let f = &fields[i];
+            fields[..i]
+                .iter()
+                .any(|g| g.sig == f.sig && key_bytes(text, g) == key_bytes(text, f))
+        });
+    }
+    let mut seen = std::collections::HashSet::with_capacity(fields.len());
+    !fields.iter().all(|f| seen.insert(key_bytes(text, f)))
 }
 
 /// The fields of `text` as serde_json reads them.
@@ -115,10 +161,7 @@ fn with_serde(text: &str) -> Result<Vec<Field>, serde_json::Error> {
                 Cow::Owned(k) => Key::Decoded(k),
             };
             let start = offset(text, value.get());
-            Field {
-                key,
-                value: start..start + value.get().len(),
-            }
+            Field::new(text, key, start..start + value.get().len())
         })
         .collect())
 }
@@ -132,7 +175,12 @@ impl RawObject {
     /// Parses `text`, which must be exactly one JSON object.
     pub fn parse(text: String) -> Result<Self, serde_json::Error> {
         let fields = fields(&text)?;
-        Ok(Self { text, fields })
+        let repeats = has_repeats(&text, &fields);
+        Ok(Self {
+            text,
+            fields,
+            repeats,
+        })
     }
 
     /// Parses bytes that must be UTF-8 and exactly one JSON object.
@@ -171,40 +219,80 @@ impl RawObject {
     ) {
         out.push(b'{');
         let mut first = true;
-        let has = |key: &str, fields: &[Field]| fields.iter().any(|g| self.key(g) == key);
-        // Names are almost always unique; only then is each field written as it stands.
-        let repeats =
-            (1..self.fields.len()).any(|i| has(self.key(&self.fields[i]), &self.fields[..i]));
+        // Where each repeated name is first and last: it is written at the first place with
+        // the last value. Names are almost always unique, and then nothing is looked up.
+        let places = self.repeats.then(|| {
+            let mut places = std::collections::HashMap::with_capacity(self.fields.len());
+            for (i, f) in self.fields.iter().enumerate() {
+                places.entry(self.key(f)).or_insert((i, i)).1 = i;
+            }
+            places
+        });
         for (i, f) in self.fields.iter().enumerate() {
             let key = self.key(f);
-            if repeats && has(key, &self.fields[..i]) {
-                continue;
-            }
+            let value = match &places {
+                None => &f.value,
+                Some(places) => match places.get(key) {
+                    Some(&(at, last)) if at == i => &self.fields[last].value,
+                    _ => continue,
+                },
+            };
+            let bytes = self.text.as_bytes();
             let value = match edit(key) {
                 Edit::Drop => continue,
+                // A name without escapes, as it stands, through its own value: one copy.
+                Edit::Keep if places.is_none() && matches!(f.key, Key::At(_)) => {
+                    if !std::mem::take(&mut first) {
+                        out.push(b',');
+                    }
+                    if let Key::At(r) = &f.key {
+                        out.extend_from_slice(&bytes[r.start - 1..f.value.end]);
+                    }
+                    continue;
+                }
+                Edit::Keep => &bytes[value.clone()],
                 Edit::Replace(v) => v,
-                Edit::Keep if !repeats => self.text[f.value.clone()].as_bytes(),
-                // Its last value, as a parser keeps.
-                Edit::Keep => self.get(key).unwrap_or_default().as_bytes(),
             };
-            field(out, &mut first, key, value);
+            let name = match &f.key {
+                // The name's text between its quotes has no escapes: it is written as it is.
+                Key::At(r) => Name::Raw(&bytes[r.clone()]),
+                Key::Decoded(k) => Name::Text(k),
+            };
+            field(out, &mut first, name, value);
         }
         for (key, value) in extra {
-            if !has(key, &self.fields) {
-                field(out, &mut first, key, value);
+            if self.get(key).is_none() {
+                field(out, &mut first, Name::Text(key), value);
             }
         }
         out.push(b'}');
     }
 }
 
-fn field(out: &mut Vec<u8>, first: &mut bool, key: &str, value: &[u8]) {
+/// A field's name as it is written out.
+enum Name<'a> {
+    /// JSON string text that needs no escaping, without its quotes.
+    Raw(&'a [u8]),
+    /// A name to escape.
+    Text(&'a str),
+}
+
+fn field(out: &mut Vec<u8>, first: &mut bool, name: Name<'_>, value: &[u8]) {
     if !*first {
         out.push(b',');
     }
     *first = false;
-    // Writing a string into a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut *out, key);
+    match name {
+        Name::Raw(raw) => {
+            out.push(b'"');
+            out.extend_from_slice(raw);
+            out.push(b'"');
+        }
+        // Writing a string into a Vec cannot fail.
+        Name::Text(key) => {
+            let _ = serde_json::to_writer(&mut *out, key);
+        }
+    }
     out.push(b':');
     out.extend_from_slice(value);
 }
@@ -244,11 +332,28 @@ pub fn pick<'a, const N: usize>(text: &'a str, names: [&str; N]) -> Option<[Opti
     Some(names.map(|name| find(text, &fields, name)))
 }
 
+/// The text of each element of the array `text`, in order; `None` (and nothing) when `text`
+/// is not an array, or nests deeper than the scanner follows.
+pub fn elements(text: &str) -> Option<Vec<&str>> {
+    let mut out = Vec::new();
+    scan::array(text, |r| out.push(&text[r]))?;
+    Some(out)
+}
+
+/// The text the JSON value `raw` (as the scanner or serde_json accepted it) holds when it is a
+/// string; `None` when it is another kind of value.
+pub fn unquote(raw: &str) -> Option<Cow<'_, str>> {
+    let inner = raw.strip_prefix('"')?.strip_suffix('"')?;
+    if !inner.contains('\\') {
+        // No escapes: a valid literal's text between its quotes is its value.
+        return Some(Cow::Borrowed(inner));
+    }
+    serde_json::from_str(raw).ok()
+}
+
 /// A JSON string field's value; `None` when absent or not a string.
 pub fn string<'a>(obj: &'a RawObject, name: &str) -> Option<Cow<'a, str>> {
-    obj.get(name)
-        .filter(|v| v.starts_with('"'))
-        .and_then(|v| serde_json::from_str(v).ok())
+    obj.get(name).and_then(unquote)
 }
 
 #[cfg(test)]
@@ -302,6 +407,51 @@ mod tests {
         ] {
             assert_eq!(pick(bad, ["a"]), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn objects_with_hundreds_of_thousands_of_fields_are_handled_in_linear_time() {
+        // A client's body can hold this many names; checking them for repeats pair by pair
+        // would be 2 * 10^10 comparisons, and the deadline below would pass long before.
+        let n = 200_000;
+        let mut text = String::from("{");
+        for i in 0..n {
+            text.push_str(&format!("\"k{i}\":{i},"));
+        }
+        text.push_str(r#""k7":"last"}"#);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let o = RawObject::parse(text).unwrap();
+            let mut out = Vec::new();
+            o.write_to(&mut out, |_| Edit::Keep, &[("extra", b"1"), ("k9", b"0")]);
+            let _ = tx.send((o.get("k7").map(str::to_owned), out));
+        });
+        let (k7, out) = rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("parsed and written within a minute");
+        assert_eq!(k7.as_deref(), Some(r#""last""#));
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v.as_object().map(|o| o.len()), Some(n + 1));
+        assert_eq!(
+            (&v["k7"], &v["k9"], &v["extra"]),
+            (&json!("last"), &json!(9), &json!(1))
+        );
+    }
+
+    #[test]
+    fn lists_elements_and_unquotes_strings() {
+        assert_eq!(
+            elements(r#" [1, "a,]", {"b":[2,3]}, [] ] "#),
+            Some(vec!["1", r#""a,]""#, r#"{"b":[2,3]}"#, "[]"])
+        );
+        assert_eq!(elements("[]"), Some(vec![]));
+        for bad in ["{}", "[1,]", "[1", "[1] 2", "\"[]\""] {
+            assert_eq!(elements(bad), None, "{bad:?}");
+        }
+        assert_eq!(unquote(r#""plain""#).as_deref(), Some("plain"));
+        assert_eq!(unquote(r#""q\"\u00e9""#).as_deref(), Some("q\"é"));
+        assert_eq!(unquote("12"), None);
+        assert_eq!(unquote("null"), None);
     }
 
     #[test]

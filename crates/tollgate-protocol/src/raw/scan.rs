@@ -16,7 +16,8 @@ pub(super) struct Found {
     pub value: Range<usize>,
 }
 
-struct Scanner<'a> {
+/// A position in JSON text, read forward.
+pub(crate) struct Scanner<'a> {
     b: &'a [u8],
     i: usize,
 }
@@ -26,48 +27,113 @@ struct Scanner<'a> {
 /// when the answer is `None`, what `each` was told means nothing. `each` returning `None`
 /// stops the scan.
 pub(super) fn object(text: &str, mut each: impl FnMut(Found) -> Option<()>) -> Option<()> {
-    let mut s = Scanner {
-        b: text.as_bytes(),
-        i: 0,
-    };
-    s.ws();
-    s.eat(b'{')?;
-    s.ws();
-    if s.eat(b'}').is_none() {
-        loop {
-            let start = s.i + 1;
-            let escaped = s.string()?;
-            let key = start..s.i - 1;
-            s.ws();
-            s.eat(b':')?;
-            s.ws();
+    whole(text, |s| {
+        s.members(|s, key, escaped| {
             let at = s.i;
             s.value()?;
             each(Found {
                 key,
                 escaped,
                 value: at..s.i,
-            })?;
-            s.ws();
-            match s.next()? {
-                b',' => s.ws(),
-                b'}' => break,
-                _ => return None,
-            }
-        }
-    }
+            })
+        })
+    })
+}
+
+/// Calls `each` with the text of every element of `text`, in order, and says whether `text`
+/// is exactly one JSON array (white space around it allowed). As with [`object`], what
+/// `each` was told means nothing when the answer is `None`.
+pub(super) fn array(text: &str, mut each: impl FnMut(Range<usize>)) -> Option<()> {
+    whole(text, |s| {
+        s.elements(|s| {
+            let at = s.i;
+            s.value()?;
+            each(at..s.i);
+            Some(())
+        })
+    })
+}
+
+/// Runs `scan` on `text` and says whether it read all of it (white space around allowed).
+pub(crate) fn whole(text: &str, scan: impl FnOnce(&mut Scanner<'_>) -> Option<()>) -> Option<()> {
+    let mut s = Scanner {
+        b: text.as_bytes(),
+        i: 0,
+    };
+    s.ws();
+    scan(&mut s)?;
     s.ws();
     (s.i == s.b.len()).then_some(())
 }
 
 impl Scanner<'_> {
+    /// How far the text has been read.
+    pub(crate) fn pos(&self) -> usize {
+        self.i
+    }
+
+    /// The text's bytes in `r`.
+    pub(crate) fn bytes(&self, r: Range<usize>) -> &[u8] {
+        &self.b[r]
+    }
+
+    /// An object from its `{` to past its `}`: `field` is called at each value with the
+    /// name's text between its quotes (and whether it has escapes), and must read the value.
+    pub(crate) fn members(
+        &mut self,
+        mut field: impl FnMut(&mut Self, Range<usize>, bool) -> Option<()>,
+    ) -> Option<()> {
+        self.eat(b'{')?;
+        self.ws();
+        if self.eat(b'}').is_some() {
+            return Some(());
+        }
+        loop {
+            let start = self.i + 1;
+            let escaped = self.string()?;
+            let key = start..self.i - 1;
+            self.ws();
+            self.eat(b':')?;
+            self.ws();
+            field(self, key, escaped)?;
+            self.ws();
+            match self.next()? {
+                b',' => self.ws(),
+                b'}' => return Some(()),
+                _ => return None,
+            }
+        }
+    }
+
+    /// An array from its `[` to past its `]`: `element` is called at each element, and must
+    /// read it.
+    pub(crate) fn elements(
+        &mut self,
+        mut element: impl FnMut(&mut Self) -> Option<()>,
+    ) -> Option<()> {
+        self.eat(b'[')?;
+        self.ws();
+        if self.eat(b']').is_some() {
+            return Some(());
+        }
+        loop {
+            element(self)?;
+            self.ws();
+            match self.next()? {
+                b',' => self.ws(),
+                b']' => return Some(()),
+                _ => return None,
+            }
+        }
+    }
+
     fn ws(&mut self) {
         while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.b.get(self.i) {
             self.i += 1;
         }
     }
 
-    fn peek(&self) -> Option<u8> {
+    pub(crate) fn peek(&self) -> Option<u8> {
         self.b.get(self.i).copied()
     }
 
@@ -82,6 +148,7 @@ impl Scanner<'_> {
     }
 
     /// A string, from its opening quote to past its closing one; says whether it has escapes.
+    #[inline(always)]
     fn string(&mut self) -> Option<bool> {
         self.eat(b'"')?;
         let mut escaped = false;
@@ -172,7 +239,7 @@ impl Scanner<'_> {
 
     /// One value of any kind; arrays and objects are followed with a stack of bits (set for
     /// an object) rather than recursion.
-    fn value(&mut self) -> Option<()> {
+    pub(crate) fn value(&mut self) -> Option<()> {
         let mut depth = 0u32;
         let mut objects = 0u128;
         'value: loop {

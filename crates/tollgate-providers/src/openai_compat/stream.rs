@@ -5,6 +5,9 @@ use crate::error::{Deadline, ProviderError};
 use crate::sse::Decoder;
 use futures::StreamExt;
 use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::Poll;
 use tollgate_protocol::openai::chunk::Chunk;
 
 struct State {
@@ -14,6 +17,8 @@ struct State {
     /// The first-byte deadline, until the first event arrives.
     first_event: Option<tokio::time::Instant>,
     deadline: tokio::time::Instant,
+    /// Set for whichever deadline applies; reset only when that changes, not per read.
+    timer: Pin<Box<tokio::time::Sleep>>,
     done: bool,
 }
 
@@ -28,6 +33,7 @@ pub(super) fn chunks(
         pending: VecDeque::new(),
         first_event: Some(first_event),
         deadline,
+        timer: Box::pin(tokio::time::sleep_until(first_event.min(deadline))),
         done: false,
     };
     futures::stream::unfold(state, |mut st| async move {
@@ -46,8 +52,15 @@ pub(super) fn chunks(
                 Some(at) if at < st.deadline => (at, Deadline::FirstByte),
                 _ => (st.deadline, Deadline::Total),
             };
-            match tokio::time::timeout_at(until, st.body.next()).await {
-                Err(_) => {
+            if st.timer.deadline() != until {
+                st.timer.as_mut().reset(until);
+            }
+            let next = futures::future::poll_fn(|cx| match st.body.poll_next_unpin(cx) {
+                Poll::Ready(item) => Poll::Ready(Ok(item)),
+                Poll::Pending => st.timer.as_mut().poll(cx).map(Err),
+            });
+            match next.await {
+                Err(()) => {
                     st.done = true;
                     return Some((Err(ProviderError::Timeout(missed)), st));
                 }
@@ -60,13 +73,19 @@ pub(super) fn chunks(
                     return Some((Err(ProviderError::Cut), st));
                 }
                 Ok(Some(Ok(bytes))) => {
-                    for event in st.decoder.feed(&bytes) {
-                        st.first_event = None;
-                        if st.done {
-                            break;
+                    let State {
+                        decoder,
+                        pending,
+                        first_event,
+                        done,
+                        ..
+                    } = &mut st;
+                    decoder.feed(&bytes, |event| {
+                        *first_event = None;
+                        if !*done {
+                            push_event(pending, done, event.data);
                         }
-                        push_event(&mut st, event.data);
-                    }
+                    });
                 }
             }
         }
@@ -74,9 +93,9 @@ pub(super) fn chunks(
     .boxed()
 }
 
-fn push_event(st: &mut State, data: String) {
+fn push_event(pending: &mut VecDeque<Result<Chunk, ProviderError>>, done: &mut bool, data: String) {
     if data.trim() == "[DONE]" {
-        st.done = true;
+        *done = true;
         return;
     }
     let item = match Chunk::parse(data) {
@@ -92,5 +111,5 @@ fn push_event(st: &mut State, data: String) {
             "stream event is not a JSON object".into(),
         )),
     };
-    st.pending.push_back(item);
+    pending.push_back(item);
 }
