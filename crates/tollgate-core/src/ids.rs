@@ -18,7 +18,8 @@ pub fn inference_id() -> String {
     for (i, b) in id[8..].iter_mut().enumerate() {
         *b = URL_SAFE[((bits >> (6 * i)) & 63) as usize];
     }
-    id.iter().map(|&b| char::from(b)).collect()
+    // Every byte is from the ASCII alphabet above, so nothing is replaced.
+    String::from_utf8_lossy(&id).into_owned()
 }
 
 /// Whether a client-supplied request id is acceptable: 1–128 of `A–Z a–z 0–9 . _ : -`.
