@@ -75,6 +75,7 @@ pub fn one_line(m: &Measured, side: Side) -> String {
         match side {
             Side::Direct => "direct",
             Side::Tollgate => "tollgate",
+            Side::Control => "control",
         },
         o.rps(),
         s.p50,

@@ -26,7 +26,7 @@ pub fn problems(results: &[ScenarioResult]) -> Vec<String> {
     for s in results {
         out.extend(s.problems.iter().map(|p| format!("{}: {p}", s.id)));
         for p in &s.phases {
-            for side in [Side::Direct, Side::Tollgate] {
+            for side in [Side::Direct, Side::Tollgate, Side::Control] {
                 let name = format!("{} {} ({})", s.id, p.phase.title, side_name(side));
                 for m in p.side(side) {
                     let o = &m.outcome;
@@ -75,6 +75,7 @@ fn side_name(side: Side) -> &'static str {
     match side {
         Side::Direct => "direct",
         Side::Tollgate => "tollgate",
+        Side::Control => "control (fresh database)",
     }
 }
 
@@ -217,7 +218,29 @@ fn scenario(s: &mut String, r: &ScenarioResult) {
             Load::Slow(_) => slow_table(s, ph),
             _ => rate_table(s, ph),
         }
+        if !ph.control.is_empty() {
+            control_note(s, ph);
+        }
     }
+}
+
+/// The control's medians, and tollgate's figures as paired ratios to them.
+fn control_note(s: &mut String, ph: &PhaseResult) {
+    let rps = |m: &Measured| m.outcome.rps();
+    let p50 = |m: &Measured| m.outcome.latency.summary().p50;
+    let _ = writeln!(
+        s,
+        "Control, a second tollgate on a fresh database measured right after this one in each \
+         repetition: {} replies/s, {} µs CPU per request, latency p50 {} ms (medians). This \
+         tollgate against it, repetition by repetition (median ratio): replies per second \
+         ×{}, CPU per request ×{}, latency p50 ×{}.\n",
+        num(ph.median(Side::Control, rps), 0),
+        num(ph.median(Side::Control, cpu_us), 1),
+        num(ph.median(Side::Control, p50), 3),
+        num(ph.paired_ratio(Side::Tollgate, Side::Control, rps), 3),
+        num(ph.paired_ratio(Side::Tollgate, Side::Control, cpu_us), 3),
+        num(ph.paired_ratio(Side::Tollgate, Side::Control, p50), 3),
+    );
 }
 
 /// A number with `d` decimals, or a dash.
@@ -411,7 +434,7 @@ fn repetitions(s: &mut String, r: &ScenarioResult, ph: &PhaseResult) {
         s,
         "| rep | side | replies/s | p50 | p90 | p99 | p99.9 | TTFB p99 | ms window | errors | tollgate µs/req | tollgate RSS MB |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
-    for side in [Side::Direct, Side::Tollgate] {
+    for side in [Side::Direct, Side::Tollgate, Side::Control] {
         for (i, m) in ph.side(side).iter().enumerate() {
             let o = &m.outcome;
             let l = o.latency.summary();

@@ -19,14 +19,19 @@ pub struct Measured {
 pub enum Side {
     Direct,
     Tollgate,
+    /// Through a second tollgate on a fresh database, measured right after the first in each
+    /// repetition (scenario 4's yardstick: both see the machine as it is at that moment).
+    Control,
 }
 
-/// Every repetition of a phase, both ways.
+/// Every repetition of a phase, each way.
 #[derive(Clone)]
 pub struct PhaseResult {
     pub phase: Phase,
     pub direct: Vec<Measured>,
     pub tollgate: Vec<Measured>,
+    /// Empty unless the scenario has a control.
+    pub control: Vec<Measured>,
 }
 
 impl PhaseResult {
@@ -35,6 +40,7 @@ impl PhaseResult {
             phase: phase.clone(),
             direct: Vec::new(),
             tollgate: Vec::new(),
+            control: Vec::new(),
         }
     }
 
@@ -42,12 +48,20 @@ impl PhaseResult {
         match side {
             Side::Direct => &self.direct,
             Side::Tollgate => &self.tollgate,
+            Side::Control => &self.control,
         }
     }
 
     /// The median over repetitions of `f` on one side; NaN when there is none.
     pub fn median(&self, side: Side, f: impl Fn(&Measured) -> f64) -> f64 {
         median(self.side(side).iter().map(f).collect())
+    }
+
+    /// The median over repetitions of `f` on `side` divided by `f` on `by` in the same
+    /// repetition (the two measured seconds apart); NaN when there is none.
+    pub fn paired_ratio(&self, side: Side, by: Side, f: impl Fn(&Measured) -> f64) -> f64 {
+        let (a, b) = (self.side(side), self.side(by));
+        median(a.iter().zip(b).map(|(a, b)| f(a) / f(b)).collect())
     }
 
     /// Errors summed over repetitions on one side.

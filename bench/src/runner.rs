@@ -143,6 +143,12 @@ fn run_scenario(sc: &Scenario, p: &Profile, bin: &Path) -> anyhow::Result<Scenar
     }
     let (mut mock, mock_addr) = procs::start_mock(&sc.mock)?;
     let (mut server, mut addr) = tg.serve(mock_addr, &dir.path().join("tollgate.log"))?;
+    // A grown database is judged against a fresh one measured right after it, so that both
+    // see the machine as it is at that moment (it drifts over minutes).
+    let mut control = match sc.growth {
+        Some(_) => Some(Control::start(dir.path(), bin, mock_addr)?),
+        None => None,
+    };
     eprintln!("   ready after {:.1} s", setup.elapsed().as_secs_f64());
     let direct = |stream| Target::chat(mock_addr, None, MODEL, stream);
     let through = |addr, stream| Target::chat(addr, Some(&key), MODEL, stream);
@@ -155,6 +161,9 @@ fn run_scenario(sc: &Scenario, p: &Profile, bin: &Path) -> anyhow::Result<Scenar
         }
         probe(&direct(stream)?).context("probing the mock")?;
         probe(&through(addr, stream)?).context("probing tollgate")?;
+        if let Some(c) = &control {
+            probe(&c.target(stream)?).context("probing the control tollgate")?;
+        }
         replies += 1;
     }
     let idle = {
@@ -183,7 +192,7 @@ fn run_scenario(sc: &Scenario, p: &Profile, bin: &Path) -> anyhow::Result<Scenar
             let t = measure(ph, &through(addr, ph.stream)?, &mock, Some(&server));
             std::thread::sleep(pause);
             server.check_alive()?;
-            eprintln!(
+            let mut line = format!(
                 "   {} rep {rep}/{}: {}: {} | {}",
                 sc.id,
                 p.reps,
@@ -191,6 +200,15 @@ fn run_scenario(sc: &Scenario, p: &Profile, bin: &Path) -> anyhow::Result<Scenar
                 one_line(&d, Side::Direct),
                 one_line(&t, Side::Tollgate)
             );
+            if let Some(c) = &mut control {
+                let m = measure(ph, &c.target(ph.stream)?, &mock, Some(&c.server));
+                std::thread::sleep(pause);
+                c.server.check_alive()?;
+                line += &format!(" | {}", one_line(&m, Side::Control));
+                c.replies += m.outcome.ok_total;
+                result.control.push(m);
+            }
+            eprintln!("{line}");
             replies += t.outcome.ok_total;
             result.direct.push(d);
             result.tollgate.push(t);
@@ -200,6 +218,9 @@ fn run_scenario(sc: &Scenario, p: &Profile, bin: &Path) -> anyhow::Result<Scenar
     let teardown = Instant::now();
     if !server.stop(Duration::from_secs(60))? || !restarts_clean {
         problems.push("tollgate did not exit cleanly on SIGTERM".to_owned());
+    }
+    if let Some(c) = control {
+        problems.extend(c.finish()?);
     }
     let _ = mock.stop(Duration::from_secs(5));
     match tg.cli(&["ledger", "check"]) {
@@ -232,6 +253,66 @@ fn run_scenario(sc: &Scenario, p: &Profile, bin: &Path) -> anyhow::Result<Scenar
         idle,
         problems,
     })
+}
+
+/// The second tollgate, on a fresh database, that a grown one is measured against.
+struct Control {
+    tg: Tollgate,
+    server: procs::Proc,
+    addr: std::net::SocketAddr,
+    key: String,
+    replies: u64,
+}
+
+impl Control {
+    fn start(dir: &Path, bin: &Path, mock: std::net::SocketAddr) -> anyhow::Result<Self> {
+        let dir = dir.join("control");
+        std::fs::create_dir_all(&dir)?;
+        let tg = Tollgate {
+            bin: bin.to_owned(),
+            db: dir.join("bench.db"),
+        };
+        let (_, key) = tg.bench_account(EMAIL)?;
+        let (server, addr) = tg.serve(mock, &dir.join("tollgate.log"))?;
+        Ok(Self {
+            tg,
+            server,
+            addr,
+            key,
+            replies: 0,
+        })
+    }
+
+    fn target(&self, stream: bool) -> anyhow::Result<Target> {
+        Target::chat(self.addr, Some(&self.key), MODEL, stream)
+    }
+
+    /// Stops it and checks its books as the scenario's own are checked.
+    fn finish(mut self) -> anyhow::Result<Vec<String>> {
+        let mut problems = Vec::new();
+        if !self.server.stop(Duration::from_secs(60))? {
+            problems.push("the control tollgate did not exit cleanly on SIGTERM".to_owned());
+        }
+        match self.tg.cli(&["ledger", "check"]) {
+            Ok(v) if v["ok"] == true => {}
+            Ok(v) => problems.push(format!(
+                "control: `tollgate ledger check` found discrepancies: {v}"
+            )),
+            Err(e) => problems.push(format!("control: {e:#}")),
+        }
+        let charges = count_u64(
+            &self.tg.db,
+            "SELECT COUNT(*) FROM ledger WHERE type = 'MODEL_USAGE'",
+        )?;
+        // Its probes are charged too.
+        if charges < self.replies {
+            problems.push(format!(
+                "control: billing does not add up: {} successful replies, {charges} MODEL_USAGE ledger entries",
+                self.replies
+            ));
+        }
+        Ok(problems)
+    }
 }
 
 fn count_u64(db: &Path, sql: &str) -> anyhow::Result<u64> {

@@ -189,7 +189,17 @@ fn non_stream(p: &Profile, id: &str, title: &str, growth: Option<Growth>) -> Sce
         mock: mock(p),
         growth,
         phases,
-        notes: Vec::new(),
+        notes: growth
+            .map(|_| {
+                "Each measurement through tollgate on the grown database is followed at once by \
+                 the same measurement through a second tollgate on a fresh database (the \
+                 control; same binary, same mock), and the target is judged on the two side by \
+                 side, repetition by repetition: scenario 1 runs minutes earlier, and this \
+                 machine's speed drifts over minutes."
+                    .to_owned()
+            })
+            .into_iter()
+            .collect(),
         restart_per_rep: false,
     }
 }
