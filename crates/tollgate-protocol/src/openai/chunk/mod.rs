@@ -78,32 +78,29 @@ fn choice_text(choice: &str, out: &mut String) {
 impl Chunk {
     /// Parses one event's data, which must be a JSON object.
     pub fn parse(data: String) -> Result<Self, String> {
-        let multiline = memchr::memchr2(b'\n', b'\r', data.as_bytes()).is_some();
         let repr = match layout::scan(&data) {
             Some(layout) => Repr::Laid { text: data, layout },
             None => Repr::Raw(RawObject::parse(data).map_err(|e| e.to_string())?),
         };
-        let mut chunk = Self {
-            repr,
-            usage: None,
-            multiline,
-        };
-        chunk.usage = chunk.get("usage").and_then(Usage::from_raw);
-        Ok(chunk)
+        Ok(Self::read(repr))
     }
 
     /// `data` read by the general reader only (to test the one-pass reading against it).
     #[cfg(test)]
     fn parse_general(data: String) -> Result<Self, String> {
-        let multiline = memchr::memchr2(b'\n', b'\r', data.as_bytes()).is_some();
         let repr = Repr::Raw(RawObject::parse(data).map_err(|e| e.to_string())?);
+        Ok(Self::read(repr))
+    }
+
+    fn read(repr: Repr) -> Self {
         let mut chunk = Self {
             repr,
             usage: None,
-            multiline,
+            multiline: false,
         };
+        chunk.multiline = memchr::memchr2(b'\n', b'\r', chunk.text().as_bytes()).is_some();
         chunk.usage = chunk.get("usage").and_then(Usage::from_raw);
-        Ok(chunk)
+        chunk
     }
 
     /// A chunk built locally (the demo provider).
