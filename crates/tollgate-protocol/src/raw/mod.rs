@@ -37,11 +37,9 @@ fn sig(name: &[u8]) -> u32 {
 
 impl Field {
     fn new(text: &str, key: Key, value: Range<usize>) -> Self {
-        let sig = sig(match &key {
-            Key::At(r) => &text.as_bytes()[r.clone()],
-            Key::Decoded(k) => k.as_bytes(),
-        });
-        Self { key, sig, value }
+        let mut f = Self { key, sig: 0, value };
+        f.sig = sig(key_bytes(text, &f));
+        f
     }
 }
 

@@ -1,6 +1,7 @@
-//! A strict JSON scanner for the top level of an object: where each field's name and value
-//! are, checked as it goes, without decoding anything. Anything it does not accept goes to
-//! serde_json, which either accepts it after all or says what is wrong with it.
+//! A strict JSON scanner: where each field's name and value are (in an object, or in the
+//! objects a caller walks into), checked as it goes, without decoding anything. Anything it
+//! does not accept goes to serde_json, which either accepts it after all or says what is
+//! wrong with it.
 
 use std::ops::Range;
 
