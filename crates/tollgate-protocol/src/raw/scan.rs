@@ -84,45 +84,41 @@ impl Scanner<'_> {
         &mut self,
         mut field: impl FnMut(&mut Self, Range<usize>, bool) -> Option<()>,
     ) -> Option<()> {
-        self.eat(b'{')?;
-        self.ws();
-        if self.eat(b'}').is_some() {
-            return Some(());
-        }
-        loop {
-            let start = self.i + 1;
-            let escaped = self.string()?;
-            let key = start..self.i - 1;
-            self.ws();
-            self.eat(b':')?;
-            self.ws();
-            field(self, key, escaped)?;
-            self.ws();
-            match self.next()? {
-                b',' => self.ws(),
-                b'}' => return Some(()),
-                _ => return None,
-            }
-        }
+        self.sequence(b'{', b'}', |s| {
+            let start = s.i + 1;
+            let escaped = s.string()?;
+            let key = start..s.i - 1;
+            s.ws();
+            s.eat(b':')?;
+            s.ws();
+            field(s, key, escaped)
+        })
     }
 
     /// An array from its `[` to past its `]`: `element` is called at each element, and must
     /// read it.
-    pub(crate) fn elements(
+    pub(crate) fn elements(&mut self, element: impl FnMut(&mut Self) -> Option<()>) -> Option<()> {
+        self.sequence(b'[', b']', element)
+    }
+
+    /// `open`, then items read by `item` and separated by commas, then `close`.
+    fn sequence(
         &mut self,
-        mut element: impl FnMut(&mut Self) -> Option<()>,
+        open: u8,
+        close: u8,
+        mut item: impl FnMut(&mut Self) -> Option<()>,
     ) -> Option<()> {
-        self.eat(b'[')?;
+        self.eat(open)?;
         self.ws();
-        if self.eat(b']').is_some() {
+        if self.eat(close).is_some() {
             return Some(());
         }
         loop {
-            element(self)?;
+            item(self)?;
             self.ws();
             match self.next()? {
                 b',' => self.ws(),
-                b']' => return Some(()),
+                c if c == close => return Some(()),
                 _ => return None,
             }
         }

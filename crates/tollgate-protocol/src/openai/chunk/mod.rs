@@ -305,6 +305,15 @@ mod tests {
         );
     }
 
+    /// The data of one written event: `data: `, the data, a blank line.
+    fn event_data(event: &[u8]) -> &str {
+        let text = std::str::from_utf8(event).unwrap();
+        let data = text
+            .strip_prefix("data: ")
+            .and_then(|t| t.strip_suffix("\n\n"));
+        data.unwrap_or_else(|| panic!("not one event: {text:?}"))
+    }
+
     /// Everything tollgate reads from a chunk, and the event it writes.
     #[derive(Debug, PartialEq)]
     struct Reading {
@@ -321,13 +330,8 @@ mod tests {
     fn reading(c: &Chunk) -> Reading {
         let mut event = Vec::new();
         c.write_event(br#""tollgate/m""#, &mut event);
-        let line = std::str::from_utf8(&event).unwrap();
-        let json = line
-            .strip_prefix("data: ")
-            .unwrap()
-            .strip_suffix("\n\n")
-            .unwrap();
-        assert!(!json.contains(['\n', '\r']), "{line:?}");
+        let json = event_data(&event);
+        assert!(!json.contains(['\n', '\r']), "{json:?}");
         Reading {
             written: serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {json}")),
             delivered: text(c),
@@ -457,14 +461,8 @@ mod tests {
         let mut event = b"data: [earlier]\n\n".to_vec();
         c.write_event(br#""tollgate/m""#, &mut event);
         let event = event.strip_prefix(b"data: [earlier]\n\n").unwrap();
-        let text = std::str::from_utf8(event).unwrap();
-        let data = text
-            .strip_prefix("data: ")
-            .unwrap()
-            .strip_suffix("\n\n")
-            .unwrap();
         assert_eq!(
-            serde_json::from_str::<Value>(data).unwrap(),
+            serde_json::from_str::<Value>(event_data(event)).unwrap(),
             json!({"id": "c1", "model": "tollgate/m", "choices": [{"delta": {"content": "é"}}]})
         );
     }
