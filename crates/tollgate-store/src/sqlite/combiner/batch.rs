@@ -6,6 +6,7 @@ use super::{lock, read_data_version, run_cached};
 use rusqlite::Connection;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
+use std::time::Instant;
 use tollgate_core::store::StoreError;
 
 /// What a job sees: the book, and the write connection through savepoints.
@@ -14,6 +15,9 @@ pub(crate) struct Batch<'a> {
     pub(super) book: &'a Mutex<Book>,
     pub(super) txn: Txn,
     pub(super) data_version: &'a mut i64,
+    /// When the write connection last looked for outside commits; a transaction's begin
+    /// is such a look.
+    pub(super) looked_at: &'a mut Instant,
     pub(super) epoch: &'a AtomicU64,
     pub(super) requests_waiting: &'a AtomicBool,
     /// Account balances settlements moved, written once per account before anything else
@@ -50,6 +54,9 @@ impl<'a> Batch<'a> {
             self.txn = match run_cached(self.conn, "BEGIN IMMEDIATE") {
                 Ok(()) => match read_data_version(self.conn) {
                     Ok(v) => {
+                        // No other connection commits while this transaction is open:
+                        // reading the version here is a look for outside commits.
+                        *self.looked_at = Instant::now();
                         if v != *self.data_version {
                             *self.data_version = v;
                             lock(self.book).forget_committed();

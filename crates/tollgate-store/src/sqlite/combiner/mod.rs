@@ -403,7 +403,9 @@ impl Combiner {
         }
         self.look_outside(state);
         let State {
-            conn, data_version, ..
+            conn,
+            data_version,
+            looked_at,
         } = state;
         let book = &self.shared.book;
         let mut batch = Batch {
@@ -411,6 +413,7 @@ impl Combiner {
             book,
             txn: Txn::NotBegun,
             data_version,
+            looked_at,
             epoch: &self.shared.epoch,
             requests_waiting: &self.shared.requests_waiting,
             balances: Vec::new(),
