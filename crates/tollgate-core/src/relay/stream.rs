@@ -3,15 +3,19 @@
 
 use super::chat::{error_code, provider_error};
 use super::ticket::{Outcome, Ticket};
-use crate::money::CreditRate;
+use crate::error::Error;
+use crate::money::{CreditRate, Credits};
 use bytes::Bytes;
+use futures::future::BoxFuture;
 use futures::stream::BoxStream;
-use futures::StreamExt;
+use futures::{ready, Stream, StreamExt};
 use serde_json::{json, Map, Value};
-use std::task::Poll;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use tollgate_protocol::openai::chunk::{empty_chunk, Chunk};
+use tollgate_protocol::openai::Usage;
 use tollgate_protocol::raw::json_string;
-use tollgate_providers::{ChunkStream, ProviderError};
+use tollgate_providers::ChunkStream;
 
 /// Most bytes of events gathered into one write.
 const GATHER_MAX: usize = 32 * 1024;
@@ -19,9 +23,26 @@ const GATHER_MAX: usize = 32 * 1024;
 /// Turns of the thread's other tasks a gathering stream waits for the upstream's next chunk.
 const GATHER_TURNS: u32 = 2;
 
-struct State {
-    /// `None` once settled; dropping it unsettled charges what was delivered.
+/// A settlement under way: the charge and usage, once committed.
+type Settle = BoxFuture<'static, Result<(Credits, Usage), Error>>;
+
+/// Why the stream is settling.
+enum Ending {
+    /// The upstream finished: the last events carry the usage and the charge.
+    Done,
+    /// The upstream failed: the last event is this error.
+    Failed { message: String, code: &'static str },
+}
+
+/// The reply's events, as a hand-written stream: it keeps its state in place while it is
+/// polled once per burst, instead of moving it into a new future per item.
+struct Reply {
+    /// `None` once settling; dropping it unsettled charges what was delivered.
     ticket: Option<Ticket>,
+    /// The settlement under way (dropping it lets a task finish it), and why.
+    settling: Option<(Settle, Ending)>,
+    /// Events gathered for the next item.
+    out: Vec<u8>,
     first: Option<Chunk>,
     rest: ChunkStream,
     include_usage: bool,
@@ -33,27 +54,8 @@ struct State {
     created: i64,
     /// Whether an event went out: the first goes alone, at once.
     sent: bool,
-}
-
-/// The upstream's next item if it comes while the thread's other ready tasks have
-/// [`GATHER_TURNS`] turns, else `None`.
-///
-/// The upstream connection's task hands its response over one HTTP chunk at a time, a turn
-/// or two apart, even when the upstream sent a burst of events in one packet. Waiting those
-/// turns gathers the burst into one write to the client instead of one write, and one
-/// wake-up of the client, per event.
-async fn within_turns(rest: &mut ChunkStream) -> Option<Option<Result<Chunk, ProviderError>>> {
-    let mut turns = 0;
-    futures::future::poll_fn(|cx| match rest.poll_next_unpin(cx) {
-        Poll::Ready(item) => Poll::Ready(Some(item)),
-        Poll::Pending if turns < GATHER_TURNS => {
-            turns += 1;
-            cx.waker().wake_by_ref();
-            Poll::Pending
-        }
-        Poll::Pending => Poll::Ready(None),
-    })
-    .await
+    /// Turns of the thread's other tasks waited so far for the upstream's next chunk.
+    turns: u32,
 }
 
 /// Appends `value` as one event.
@@ -79,6 +81,8 @@ fn push_last_event(chunk: &Map<String, Value>, meta: &str, out: &mut Vec<u8>) {
     out.extend_from_slice(b"}\n\n");
 }
 
+/// Each item is the events that were ready: the first chunk alone, at once; then what the
+/// upstream sent in one burst; the settled last chunk and `[DONE]` join the burst before.
 pub(crate) fn sse_reply(
     ticket: Ticket,
     first: Chunk,
@@ -87,8 +91,10 @@ pub(crate) fn sse_reply(
     model: String,
     rate: CreditRate,
 ) -> BoxStream<'static, Bytes> {
-    let state = State {
+    Box::pin(Reply {
         ticket: Some(ticket),
+        settling: None,
+        out: Vec::new(),
         first: Some(first),
         rest,
         include_usage,
@@ -98,19 +104,49 @@ pub(crate) fn sse_reply(
         id: String::new(),
         created: 0,
         sent: false,
-    };
-    // Each item is the events that were ready: the first chunk alone, at once; then what the
-    // upstream sent in one burst; the settled last chunk and `[DONE]` join the burst before.
-    futures::stream::unfold(state, |mut st| async move {
-        let mut ticket = st.ticket.take()?;
-        let mut out = Vec::new();
+        turns: 0,
+    })
+}
+
+impl Stream for Reply {
+    type Item = Bytes;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+        let st = self.get_mut();
         loop {
+            if let Some((settle, _)) = st.settling.as_mut() {
+                let settled = ready!(settle.as_mut().poll(cx));
+                let Some((_, ending)) = st.settling.take() else {
+                    return Poll::Ready(None);
+                };
+                st.finish(ending, settled);
+                return Poll::Ready(Some(st.take_out()));
+            }
+            let Some(ticket) = st.ticket.as_mut() else {
+                return Poll::Ready(None);
+            };
             let next = match st.first.take() {
                 Some(first) => Some(Ok(first)),
-                None if out.is_empty() => st.rest.next().await,
-                None => match within_turns(&mut st.rest).await {
-                    Some(next) => next,
-                    None => break,
+                None => match st.rest.poll_next_unpin(cx) {
+                    Poll::Ready(next) => {
+                        st.turns = 0;
+                        next
+                    }
+                    Poll::Pending if st.out.is_empty() => return Poll::Pending,
+                    // The upstream's connection task hands its response over one HTTP chunk
+                    // at a time, a turn or two apart, even when the upstream sent a burst of
+                    // events in one packet. Waiting those turns gathers the burst into one
+                    // write to the client instead of one write, and one wake-up of the
+                    // client, per event.
+                    Poll::Pending if st.turns < GATHER_TURNS => {
+                        st.turns += 1;
+                        cx.waker().wake_by_ref();
+                        return Poll::Pending;
+                    }
+                    Poll::Pending => {
+                        st.turns = 0;
+                        return Poll::Ready(Some(st.take_out()));
+                    }
                 },
             };
             match next {
@@ -133,47 +169,72 @@ pub(crate) fn sse_reply(
                     let before = bill.delivered.len();
                     chunk.delivered_text(&mut bill.delivered);
                     if bill.first_token_ms.is_none() && bill.delivered.len() > before {
-                        bill.first_token_ms = Some(u64::try_from(bill.started.elapsed().as_millis()).unwrap_or(u64::MAX));
+                        bill.first_token_ms = Some(
+                            u64::try_from(bill.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                        );
                     }
-                    chunk.write_event(&st.model_json, &mut out);
-                    if !st.sent || out.len() >= GATHER_MAX {
+                    chunk.write_event(&st.model_json, &mut st.out);
+                    if !st.sent || st.out.len() >= GATHER_MAX {
                         st.sent = true;
-                        break;
+                        return Poll::Ready(Some(st.take_out()));
                     }
                 }
-                None => {
-                    match ticket.settle(Outcome::Done).await {
-                        Ok((credits, usage)) => {
-                            let mut last = empty_chunk(&st.id, &st.model, st.created);
-                            if st.include_usage {
-                                last.insert("usage".into(), usage.to_openai());
-                            }
-                            let meta = st.rate.usage_meta(credits);
-                            push_last_event(&last, &meta, &mut out);
-                            out.extend_from_slice(b"data: [DONE]\n\n");
-                        }
-                        Err(e) => push_event(&json!({"error": {"message": e.to_string(), "type": "server_error", "code": "internal_error"}}), &mut out),
-                    }
-                    return Some((Bytes::from(out), st));
-                }
+                None => st.settle(Outcome::Done, Ending::Done),
                 Some(Err(e)) => {
                     let code = error_code(&e);
                     let nothing = ticket.bill_mut().delivered.is_empty();
-                    let outcome = if nothing { Outcome::Failed(code) } else { Outcome::Cut(code) };
+                    let outcome = if nothing {
+                        Outcome::Failed(code)
+                    } else {
+                        Outcome::Cut(code)
+                    };
                     let message = provider_error(&e).to_string();
-                    if let Err(e) = ticket.settle(outcome).await {
-                        tracing::error!(error = %e, "settling a cut stream failed");
-                    }
-                    let body = json!({"error": {"message": message, "type": "upstream_error", "code": code}});
-                    push_event(&body, &mut out);
-                    return Some((Bytes::from(out), st));
+                    st.settle(outcome, Ending::Failed { message, code });
                 }
             }
         }
-        st.ticket = Some(ticket);
-        Some((Bytes::from(out), st))
-    })
-    .boxed()
+    }
+}
+
+impl Reply {
+    fn take_out(&mut self) -> Bytes {
+        Bytes::from(std::mem::take(&mut self.out))
+    }
+
+    /// Starts settling the ticket; the next turn of the loop polls it.
+    fn settle(&mut self, outcome: Outcome, ending: Ending) {
+        if let Some(ticket) = self.ticket.take() {
+            self.settling = Some((Box::pin(ticket.settle(outcome)), ending));
+        }
+    }
+
+    /// Appends the events that end the stream, once settled.
+    fn finish(&mut self, ending: Ending, settled: Result<(Credits, Usage), Error>) {
+        let out = &mut self.out;
+        match (ending, settled) {
+            (Ending::Done, Ok((credits, usage))) => {
+                let mut last = empty_chunk(&self.id, &self.model, self.created);
+                if self.include_usage {
+                    last.insert("usage".into(), usage.to_openai());
+                }
+                let meta = self.rate.usage_meta(credits);
+                push_last_event(&last, &meta, out);
+                out.extend_from_slice(b"data: [DONE]\n\n");
+            }
+            (Ending::Done, Err(e)) => push_event(
+                &json!({"error": {"message": e.to_string(), "type": "server_error", "code": "internal_error"}}),
+                out,
+            ),
+            (Ending::Failed { message, code }, settled) => {
+                if let Err(e) = settled {
+                    tracing::error!(error = %e, "settling a cut stream failed");
+                }
+                let body =
+                    json!({"error": {"message": message, "type": "upstream_error", "code": code}});
+                push_event(&body, out);
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -3,14 +3,16 @@
 use crate::adapter::ChunkStream;
 use crate::error::{Deadline, ProviderError};
 use crate::sse::Decoder;
-use futures::StreamExt;
+use futures::{ready, Stream, StreamExt};
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::task::Poll;
+use std::task::{Context, Poll};
 use tollgate_protocol::openai::chunk::Chunk;
 
-struct State {
+/// The chunks of one response, as a hand-written stream: it is polled once per event, and
+/// keeps its state in place instead of moving it into a new future per item.
+struct Chunks {
     body: http_body_util::BodyDataStream<hyper::body::Incoming>,
     decoder: Decoder,
     pending: VecDeque<Result<Chunk, ProviderError>>,
@@ -27,7 +29,7 @@ pub(super) fn chunks(
     first_event: tokio::time::Instant,
     deadline: tokio::time::Instant,
 ) -> ChunkStream {
-    let state = State {
+    Box::pin(Chunks {
         body: http_body_util::BodyDataStream::new(response.into_body()),
         decoder: Decoder::new(),
         pending: VecDeque::new(),
@@ -35,18 +37,24 @@ pub(super) fn chunks(
         deadline,
         timer: Box::pin(tokio::time::sleep_until(first_event.min(deadline))),
         done: false,
-    };
-    futures::stream::unfold(state, |mut st| async move {
+    })
+}
+
+impl Stream for Chunks {
+    type Item = Result<Chunk, ProviderError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let st = self.get_mut();
         loop {
             if let Some(item) = st.pending.pop_front() {
                 if item.is_err() {
                     st.done = true;
                     st.pending.clear();
                 }
-                return Some((item, st));
+                return Poll::Ready(Some(item));
             }
             if st.done {
-                return None;
+                return Poll::Ready(None);
             }
             let (until, missed) = match st.first_event {
                 Some(at) if at < st.deadline => (at, Deadline::FirstByte),
@@ -55,42 +63,36 @@ pub(super) fn chunks(
             if st.timer.deadline() != until {
                 st.timer.as_mut().reset(until);
             }
-            let next = futures::future::poll_fn(|cx| match st.body.poll_next_unpin(cx) {
-                Poll::Ready(item) => Poll::Ready(Ok(item)),
-                Poll::Pending => st.timer.as_mut().poll(cx).map(Err),
+            let read = match st.body.poll_next_unpin(cx) {
+                Poll::Ready(read) => read,
+                Poll::Pending => {
+                    ready!(st.timer.as_mut().poll(cx));
+                    st.done = true;
+                    return Poll::Ready(Some(Err(ProviderError::Timeout(missed))));
+                }
+            };
+            let bytes = match read {
+                Some(Ok(bytes)) => bytes,
+                None | Some(Err(_)) => {
+                    st.done = true;
+                    return Poll::Ready(Some(Err(ProviderError::Cut)));
+                }
+            };
+            let Chunks {
+                decoder,
+                pending,
+                first_event,
+                done,
+                ..
+            } = st;
+            decoder.feed(&bytes, |event| {
+                *first_event = None;
+                if !*done {
+                    push_event(pending, done, event.data);
+                }
             });
-            match next.await {
-                Err(()) => {
-                    st.done = true;
-                    return Some((Err(ProviderError::Timeout(missed)), st));
-                }
-                Ok(None) => {
-                    st.done = true;
-                    return Some((Err(ProviderError::Cut), st));
-                }
-                Ok(Some(Err(_))) => {
-                    st.done = true;
-                    return Some((Err(ProviderError::Cut), st));
-                }
-                Ok(Some(Ok(bytes))) => {
-                    let State {
-                        decoder,
-                        pending,
-                        first_event,
-                        done,
-                        ..
-                    } = &mut st;
-                    decoder.feed(&bytes, |event| {
-                        *first_event = None;
-                        if !*done {
-                            push_event(pending, done, event.data);
-                        }
-                    });
-                }
-            }
         }
-    })
-    .boxed()
+    }
 }
 
 fn push_event(pending: &mut VecDeque<Result<Chunk, ProviderError>>, done: &mut bool, data: String) {
