@@ -113,6 +113,7 @@ pub fn render(cx: &Context) -> String {
             format!("{} (built {})", cx.bin.display(), cx.built),
         ),
         ("run time", format!("{:.0} s", cx.elapsed.as_secs_f64())),
+        ("machine speed during the run", machine_speed(cx.results)),
     ] {
         let _ = writeln!(s, "| {k} | {v} |");
     }
@@ -141,6 +142,25 @@ pub fn render(cx: &Context) -> String {
         }
     }
     s
+}
+
+/// The mock alone at saturation (scenario 1's direct side): the same binary and load on
+/// every run, so it shows how fast the shared, noisy machine was while this run was made.
+fn machine_speed(results: &[ScenarioResult]) -> String {
+    let Some(ph) = results
+        .iter()
+        .find(|r| r.id == "s1")
+        .and_then(|r| r.phase("saturation"))
+        .filter(|p| !p.direct.is_empty())
+    else {
+        return "not measured".into();
+    };
+    let rps = ph.median(Side::Direct, |m| m.outcome.rps());
+    let cpu = ph.median(Side::Direct, |m| m.mock.us_per(m.outcome.completed));
+    format!(
+        "the mock alone served {rps:.0} req/s at saturation, {cpu:.1} µs of its CPU per \
+         request (the same mock and load on every run: compare runs by it)"
+    )
 }
 
 fn method(p: &Profile) -> String {
