@@ -2,9 +2,9 @@
 //! write transaction per batch (begun at the first write) and a savepoint per job.
 
 use super::super::book::Book;
-use super::{lock, read_data_version, run_cached};
+use super::{lock, read_data_version, run_cached, saw_version};
 use rusqlite::Connection;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 use tollgate_core::store::StoreError;
@@ -57,11 +57,7 @@ impl<'a> Batch<'a> {
                         // No other connection commits while this transaction is open:
                         // reading the version here is a look for outside commits.
                         *self.looked_at = Instant::now();
-                        if v != *self.data_version {
-                            *self.data_version = v;
-                            lock(self.book).forget_committed();
-                            self.epoch.fetch_add(1, Ordering::Release);
-                        }
+                        saw_version(v, self.data_version, self.book, self.epoch);
                         Txn::Open
                     }
                     Err(e) => Txn::Failed(e.to_string()),

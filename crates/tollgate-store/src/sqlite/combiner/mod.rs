@@ -455,12 +455,12 @@ impl Combiner {
         }
         state.looked_at = now;
         match read_data_version(&state.conn) {
-            Ok(v) if v != state.data_version => {
-                state.data_version = v;
-                lock(&self.shared.book).forget_committed();
-                self.shared.epoch.fetch_add(1, Ordering::Release);
-            }
-            Ok(_) => {}
+            Ok(v) => saw_version(
+                v,
+                &mut state.data_version,
+                &self.shared.book,
+                &self.shared.epoch,
+            ),
             Err(e) => tracing::warn!(error = %e, "reading the SQLite data version failed"),
         }
     }
@@ -511,6 +511,16 @@ impl Combiner {
 /// Runs a parameterless statement through the statement cache (no re-parsing per batch).
 fn run_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
     conn.prepare_cached(sql)?.execute([]).map(drop)
+}
+
+/// Takes the data version `v` read at a look: when it moved, another connection committed,
+/// so the book's cached committed figures are forgotten and the epoch is raised.
+fn saw_version(v: i64, seen: &mut i64, book: &Mutex<Book>, epoch: &AtomicU64) {
+    if v != *seen {
+        *seen = v;
+        lock(book).forget_committed();
+        epoch.fetch_add(1, Ordering::Release);
+    }
 }
 
 fn read_data_version(conn: &Connection) -> rusqlite::Result<i64> {
