@@ -7,13 +7,28 @@ pub struct Event {
     pub data: String,
 }
 
+/// Most bytes of one event the decoder holds while it waits for the event's end; an upstream
+/// that sends more without ending it is not speaking SSE.
+pub const MAX_EVENT: usize = 16 << 20;
+
+/// An event grew past the decoder's limit before it ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Oversized;
+
 /// Incremental decoder: feed bytes as they arrive, take complete events out.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Decoder {
     /// The start of a line whose end has not arrived yet.
     partial: Vec<u8>,
     event: Option<String>,
     data: Option<String>,
+    limit: usize,
+}
+
+impl Default for Decoder {
+    fn default() -> Self {
+        Self::with_limit(MAX_EVENT)
+    }
 }
 
 impl Decoder {
@@ -21,8 +36,28 @@ impl Decoder {
         Self::default()
     }
 
-    /// Reads `bytes` and calls `each` with every event they complete, in order.
-    pub fn feed(&mut self, bytes: &[u8], mut each: impl FnMut(Event)) {
+    /// A decoder holding at most `limit` bytes of an unfinished event.
+    pub fn with_limit(limit: usize) -> Self {
+        Self {
+            partial: Vec::new(),
+            event: None,
+            data: None,
+            limit,
+        }
+    }
+
+    /// Reads `bytes` and calls `each` with every event they complete, in order; fails once
+    /// the unfinished event after them holds more than the limit.
+    pub fn feed(&mut self, bytes: &[u8], each: impl FnMut(Event)) -> Result<(), Oversized> {
+        self.read(bytes, each);
+        let held = self.partial.len() + self.data.as_ref().map_or(0, String::len);
+        if held > self.limit {
+            return Err(Oversized);
+        }
+        Ok(())
+    }
+
+    fn read(&mut self, bytes: &[u8], mut each: impl FnMut(Event)) {
         let mut rest = bytes;
         if !self.partial.is_empty() {
             // Finish the line begun in an earlier read, then go on in this one.
@@ -100,8 +135,26 @@ mod tests {
 
     fn feed(d: &mut Decoder, bytes: &[u8]) -> Vec<Event> {
         let mut out = Vec::new();
-        d.feed(bytes, |ev| out.push(ev));
+        assert_eq!(d.feed(bytes, |ev| out.push(ev)), Ok(()));
         out
+    }
+
+    #[test]
+    fn an_event_that_outgrows_the_limit_fails_after_the_events_before_it() {
+        let mut d = Decoder::with_limit(16);
+        assert_eq!(feed(&mut d, b"data: 0123456789"), vec![]);
+        let mut out = Vec::new();
+        // A line with no end past the limit, after a complete event in the same read.
+        let got = d.feed(b"\n\ndata: 0123456789abcdef", |ev| out.push(ev));
+        assert_eq!(got, Err(Oversized));
+        assert_eq!(out, vec![ev(None, "0123456789")]);
+        // Many short data lines of one unended event count too.
+        let mut d = Decoder::with_limit(16);
+        let got = d.feed(b"data: 01234\ndata: 56789\ndata: abcde\n", |_| {});
+        assert_eq!(got, Err(Oversized));
+        // At the limit is fine.
+        let mut d = Decoder::with_limit(16);
+        assert_eq!(d.feed(b"data: 0123456789", |_| {}), Ok(()));
     }
 
     fn ev(event: Option<&str>, data: &str) -> Event {

@@ -293,3 +293,14 @@ async fn non_json_body_is_invalid() {
     assert!(matches!(err, ProviderError::Invalid(_)), "{err:?}");
     assert!(!err.is_retryable());
 }
+
+#[tokio::test]
+async fn a_stream_event_that_never_ends_is_invalid_once_it_outgrows_the_limit() {
+    let fake = FakeOpenAi::start(Behaviour::EndlessEvent).await;
+    let items = drain(chat(&fake, call(true)).await.unwrap()).await;
+    assert_eq!(items.len(), 1, "{items:?}");
+    assert!(
+        matches!(&items[0], Err(ProviderError::Invalid(m)) if m.contains("longer than")),
+        "{items:?}"
+    );
+}

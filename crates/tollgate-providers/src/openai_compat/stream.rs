@@ -2,7 +2,7 @@
 
 use crate::adapter::ChunkStream;
 use crate::error::{Deadline, ProviderError};
-use crate::sse::Decoder;
+use crate::sse::{Decoder, MAX_EVENT};
 use futures::{ready, Stream, StreamExt};
 use std::collections::VecDeque;
 use std::future::Future;
@@ -85,12 +85,18 @@ impl Stream for Chunks {
                 done,
                 ..
             } = st;
-            decoder.feed(&bytes, |event| {
+            let fed = decoder.feed(&bytes, |event| {
                 *first_event = None;
                 if !*done {
                     push_event(pending, done, event.data);
                 }
             });
+            if fed.is_err() && !*done {
+                *done = true;
+                pending.push_back(Err(ProviderError::Invalid(format!(
+                    "stream event longer than {MAX_EVENT} bytes"
+                ))));
+            }
         }
     }
 }

@@ -37,6 +37,9 @@ pub enum Behaviour {
     LieUsage { completion_tokens: u64 },
     /// `200 OK` with a body that is not JSON.
     NotJson,
+    /// A stream whose first event never ends: `data: ` and then bytes without a line end,
+    /// for as long as the client reads (a stream request only).
+    EndlessEvent,
 }
 
 impl Default for Behaviour {

@@ -68,6 +68,14 @@ pub(super) async fn respond(behaviour: Behaviour, ask: Ask) -> Response {
         Behaviour::HangAfter { chunks } => script(chunks, Reported::Nothing, End::Hang),
         Behaviour::CutAfter { chunks } => script(chunks, Reported::Nothing, End::Cut),
         Behaviour::Hang => return std::future::pending().await,
+        Behaviour::EndlessEvent => {
+            let filler = Bytes::from(vec![b'a'; 64 * 1024]);
+            let body = stream::once(async { Bytes::from_static(b"data: {\"x\":\"") })
+                .chain(stream::repeat(filler))
+                .map(Ok::<_, std::io::Error>);
+            let body = Body::from_stream(body);
+            return ([(header::CONTENT_TYPE, "text/event-stream")], body).into_response();
+        }
         Behaviour::NotJson => {
             let html = "<html><body>502 Bad Gateway</body></html>";
             return ([(header::CONTENT_TYPE, "text/html")], html).into_response();
