@@ -5,11 +5,13 @@
 //! - [`error`]: what can go wrong upstream, classified once for routing and billing.
 //! - [`sse`]: the one server-sent-events decoder all streaming adapters share.
 //! - [`http`]: the outbound HTTP client (hyper, rustls, pooled connections).
+//! - [`body`]: reading an upstream response body whole, as far as a size limit.
 //! - [`openai_compat`]: OpenAI and every service speaking its wire format (vendors are data).
 //! - [`demo`]: the built-in offline provider with deterministic output.
 //! - [`registry`]: provider ids to adapters.
 
 pub mod adapter;
+pub mod body;
 pub mod demo;
 pub mod error;
 pub mod http;

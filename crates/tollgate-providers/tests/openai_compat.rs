@@ -295,6 +295,38 @@ async fn non_json_body_is_invalid() {
 }
 
 #[tokio::test]
+async fn a_body_that_never_ends_is_invalid_once_it_outgrows_the_limit() {
+    let fake = FakeOpenAi::start(Behaviour::EndlessBody { status: 200 }).await;
+    let err = chat(&fake, call(false)).await.unwrap_err();
+    // Without the limit the read would run into the total deadline instead.
+    assert!(
+        matches!(&err, ProviderError::Invalid(m) if m.contains("longer than")),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_error_body_that_never_ends_is_read_only_as_far_as_its_start() {
+    let fake = FakeOpenAi::start(Behaviour::EndlessBody { status: 503 }).await;
+    let started = Instant::now();
+    let err = chat(&fake, call(false)).await.unwrap_err();
+    let ProviderError::Status {
+        status, message, ..
+    } = &err
+    else {
+        panic!("expected a status error, got {err:?}")
+    };
+    assert_eq!(*status, 503);
+    assert!(
+        message.starts_with(r#"{"error":{"message":"aaa"#),
+        "{message}"
+    );
+    assert_eq!(message.len(), 500);
+    assert!(started.elapsed() < TOTAL, "took {:?}", started.elapsed());
+    assert!(err.is_retryable());
+}
+
+#[tokio::test]
 async fn a_stream_event_that_never_ends_is_invalid_once_it_outgrows_the_limit() {
     let fake = FakeOpenAi::start(Behaviour::EndlessEvent).await;
     let items = drain(chat(&fake, call(true)).await.unwrap()).await;

@@ -134,6 +134,23 @@ async fn upstream_failures_are_not_charged_and_map_to_gateway_errors() {
     assert!(msg.contains("max_tokens is too large"), "{msg}");
     fake.set_behaviour(Behaviour::NotJson);
     expect_error(post_chat(&server, &key, &body).await, 502, "bad_gateway").await;
+    // Bodies with no end: refused once past the size limit, long before the total deadline.
+    fake.set_behaviour(Behaviour::EndlessBody { status: 200 });
+    let started = Instant::now();
+    expect_error(post_chat(&server, &key, &body).await, 502, "bad_gateway").await;
+    fake.set_behaviour(Behaviour::EndlessEvent);
+    let endless_stream = chat_body(MINI, json!({"stream": true}));
+    expect_error(
+        post_chat(&server, &key, &endless_stream).await,
+        502,
+        "bad_gateway",
+    )
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        started.elapsed()
+    );
 
     fake.set_behaviour(Behaviour::Hang);
     let started = Instant::now();
@@ -159,7 +176,7 @@ async fn upstream_failures_are_not_charged_and_map_to_gateway_errors() {
         (json!(50_000), json!(0))
     );
     let rows = usage_rows(&db).await;
-    assert_eq!(rows.len(), 6);
+    assert_eq!(rows.len(), 8);
     assert!(
         rows.iter()
             .all(|(status, code, credits)| status == "failed" && code.is_some() && *credits == 0),

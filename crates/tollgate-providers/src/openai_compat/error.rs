@@ -1,12 +1,13 @@
 //! OpenAI error bodies and transport failures, as [`ProviderError`]s.
 
 use crate::error::{Deadline, ProviderError};
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use serde_json::Value;
 
 /// Most of an upstream error body kept in a message.
 const MAX_MESSAGE: usize = 500;
+/// Most of an upstream error body read; the rest is not waited for.
+const MAX_ERROR_BODY: usize = 64 * 1024;
 
 /// A request that got no response: the connection failed, timed out or closed first.
 pub(super) fn from_client(e: &hyper_util::client::legacy::Error) -> ProviderError {
@@ -43,11 +44,12 @@ pub(super) async fn from_response(
         .get(hyper::header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse().ok());
-    let body = tokio::time::timeout_at(deadline, response.into_body().collect())
+    let read = crate::body::read(response.into_body(), MAX_ERROR_BODY);
+    let body = tokio::time::timeout_at(deadline, read)
         .await
         .ok()
         .and_then(Result::ok)
-        .map(http_body_util::Collected::to_bytes)
+        .map(|read| read.bytes)
         .unwrap_or_default();
     let message = serde_json::from_slice::<Value>(&body)
         .ok()

@@ -4,10 +4,11 @@ mod error;
 mod stream;
 
 use crate::adapter::{ChatCall, ChatProvider, ChatReply};
+use crate::body::{self, Read, MAX_BODY};
 use crate::error::{Deadline, ProviderError};
 use crate::http::HttpClient;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::header::{HeaderValue, ACCEPT_ENCODING, AUTHORIZATION, CONTENT_TYPE};
 use hyper::Uri;
 use std::time::Duration;
@@ -74,12 +75,18 @@ impl ChatProvider for OpenAiCompat {
                 deadline,
             )));
         }
-        let bytes = match tokio::time::timeout_at(deadline, response.into_body().collect()).await {
+        let read = body::read(response.into_body(), MAX_BODY);
+        let bytes = match tokio::time::timeout_at(deadline, read).await {
             Err(_) => return Err(ProviderError::Timeout(Deadline::Total)),
             Ok(Err(_)) => return Err(ProviderError::Cut),
-            Ok(Ok(b)) => b.to_bytes(),
+            Ok(Ok(Read { whole: false, .. })) => {
+                return Err(ProviderError::Invalid(format!(
+                    "response body longer than {MAX_BODY} bytes"
+                )))
+            }
+            Ok(Ok(Read { bytes, .. })) => bytes,
         };
-        ChatCompletion::parse(Vec::from(bytes))
+        ChatCompletion::parse(bytes)
             .map(ChatReply::Complete)
             .map_err(ProviderError::Invalid)
     }

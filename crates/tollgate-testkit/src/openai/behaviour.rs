@@ -40,6 +40,9 @@ pub enum Behaviour {
     /// A stream whose first event never ends: `data: ` and then bytes without a line end,
     /// for as long as the client reads (a stream request only).
     EndlessEvent,
+    /// `status` with an `application/json` body that never ends: the start of an object
+    /// and then bytes without its end, for as long as the client reads.
+    EndlessBody { status: u16 },
 }
 
 impl Default for Behaviour {

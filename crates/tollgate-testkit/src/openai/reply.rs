@@ -69,12 +69,13 @@ pub(super) async fn respond(behaviour: Behaviour, ask: Ask) -> Response {
         Behaviour::CutAfter { chunks } => script(chunks, Reported::Nothing, End::Cut),
         Behaviour::Hang => return std::future::pending().await,
         Behaviour::EndlessEvent => {
-            let filler = Bytes::from(vec![b'a'; 64 * 1024]);
-            let body = stream::once(async { Bytes::from_static(b"data: {\"x\":\"") })
-                .chain(stream::repeat(filler))
-                .map(Ok::<_, std::io::Error>);
-            let body = Body::from_stream(body);
+            let body = endless(b"data: {\"x\":\"");
             return ([(header::CONTENT_TYPE, "text/event-stream")], body).into_response();
+        }
+        Behaviour::EndlessBody { status } => {
+            let status = StatusCode::from_u16(status).expect("a valid HTTP status");
+            let body = endless(b"{\"error\":{\"message\":\"");
+            return (status, [(header::CONTENT_TYPE, "application/json")], body).into_response();
         }
         Behaviour::NotJson => {
             let html = "<html><body>502 Bad Gateway</body></html>";
@@ -101,6 +102,15 @@ pub(super) async fn respond(behaviour: Behaviour, ask: Ask) -> Response {
     } else {
         json_reply(&ask, &script)
     }
+}
+
+/// `start`, then filler bytes for as long as the client reads.
+fn endless(start: &'static [u8]) -> Body {
+    let filler = Bytes::from(vec![b'a'; 64 * 1024]);
+    let body = stream::once(async move { Bytes::from_static(start) })
+        .chain(stream::repeat(filler))
+        .map(Ok::<_, std::io::Error>);
+    Body::from_stream(body)
 }
 
 fn json_reply(ask: &Ask, script: &Script) -> Response {
