@@ -1,7 +1,8 @@
 //! Reading an upstream response body whole, as far as a size limit.
 
+use bytes::Bytes;
 use http_body_util::BodyExt;
-use hyper::body::{Body, Incoming};
+use hyper::body::Body;
 
 /// Most bytes of a complete (non-stream) upstream response body.
 pub const MAX_BODY: usize = 16 << 20;
@@ -17,7 +18,10 @@ pub struct Read {
 
 /// Reads `body` to its end, or until it has given more than `limit` bytes: then it stops
 /// reading (dropping the body closes the connection) and returns the first `limit`.
-pub async fn read(mut body: Incoming, limit: usize) -> Result<Read, hyper::Error> {
+pub async fn read<B>(mut body: B, limit: usize) -> Result<Read, B::Error>
+where
+    B: Body<Data = Bytes> + Unpin,
+{
     let expected = body.size_hint().exact().unwrap_or(0);
     let mut bytes = Vec::with_capacity(usize::try_from(expected).unwrap_or(limit).min(limit));
     while let Some(frame) = body.frame().await {

@@ -1,7 +1,7 @@
 //! OpenAI error bodies and transport failures, as [`ProviderError`]s.
 
 use crate::error::{Deadline, ProviderError};
-use hyper::body::Incoming;
+use crate::http::{SendError, UpstreamBody};
 use serde_json::Value;
 
 /// Most of an upstream error body kept in a message.
@@ -10,32 +10,18 @@ const MAX_MESSAGE: usize = 500;
 const MAX_ERROR_BODY: usize = 64 * 1024;
 
 /// A request that got no response: the connection failed, timed out or closed first.
-pub(super) fn from_client(e: &hyper_util::client::legacy::Error) -> ProviderError {
-    if crate::http::is_connect_timeout(e) {
-        ProviderError::Timeout(Deadline::Connect)
-    } else if e.is_connect() {
-        ProviderError::Connect(describe(e))
-    } else {
+pub(super) fn from_client(e: SendError) -> ProviderError {
+    match e {
+        SendError::ConnectTimeout => ProviderError::Timeout(Deadline::Connect),
+        SendError::Connect(why) => ProviderError::Connect(why),
         // Connected, then the upstream closed or broke the connection before a response.
-        ProviderError::Cut
+        SendError::Failed => ProviderError::Cut,
     }
-}
-
-/// The error with its causes, which is where hyper says what actually went wrong.
-fn describe(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 /// Reads an OpenAI error body (`{"error": {"message": ...}}`) from a non-2xx response.
 pub(super) async fn from_response(
-    response: hyper::Response<Incoming>,
+    response: hyper::Response<UpstreamBody>,
     deadline: tokio::time::Instant,
 ) -> ProviderError {
     let status = response.status().as_u16();

@@ -61,7 +61,7 @@ impl ChatProvider for OpenAiCompat {
                 return Err(ProviderError::Timeout(Deadline::FirstByte))
             }
             Err(_) => return Err(ProviderError::Timeout(Deadline::Total)),
-            Ok(Err(e)) => return Err(error::from_client(&e)),
+            Ok(Err(e)) => return Err(error::from_client(e)),
             Ok(Ok(r)) => r,
         };
         if !response.status().is_success() {

@@ -2,8 +2,10 @@
 
 use crate::adapter::ChunkStream;
 use crate::error::{Deadline, ProviderError};
+use crate::http::UpstreamBody;
 use crate::sse::{Decoder, MAX_EVENT};
-use futures::{ready, Stream, StreamExt};
+use futures::{ready, Stream};
+use hyper::body::Body;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
@@ -13,7 +15,7 @@ use tollgate_protocol::openai::chunk::Chunk;
 /// The chunks of one response, as a hand-written stream: it is polled once per event, and
 /// keeps its state in place instead of moving it into a new future per item.
 struct Chunks {
-    body: http_body_util::BodyDataStream<hyper::body::Incoming>,
+    body: UpstreamBody,
     decoder: Decoder,
     pending: VecDeque<Result<Chunk, ProviderError>>,
     /// The first-byte deadline, until the first event arrives.
@@ -22,21 +24,25 @@ struct Chunks {
     /// Set for whichever deadline applies; reset only when that changes, not per read.
     timer: Pin<Box<tokio::time::Sleep>>,
     done: bool,
+    /// Whether the body was read once more after `[DONE]`, to see its end (which puts a
+    /// driven connection back in its pool).
+    drained: bool,
 }
 
 pub(super) fn chunks(
-    response: hyper::Response<hyper::body::Incoming>,
+    response: hyper::Response<UpstreamBody>,
     first_event: tokio::time::Instant,
     deadline: tokio::time::Instant,
 ) -> ChunkStream {
     Box::pin(Chunks {
-        body: http_body_util::BodyDataStream::new(response.into_body()),
+        body: response.into_body(),
         decoder: Decoder::new(),
         pending: VecDeque::new(),
         first_event: Some(first_event),
         deadline,
         timer: Box::pin(tokio::time::sleep_until(first_event.min(deadline))),
         done: false,
+        drained: false,
     })
 }
 
@@ -54,6 +60,11 @@ impl Stream for Chunks {
                 return Poll::Ready(Some(item));
             }
             if st.done {
+                if !st.drained {
+                    st.drained = true;
+                    // The end usually came with `[DONE]`; whatever else is there is not read.
+                    let _ = Pin::new(&mut st.body).poll_frame(cx);
+                }
                 return Poll::Ready(None);
             }
             let (until, missed) = match st.first_event {
@@ -63,7 +74,7 @@ impl Stream for Chunks {
             if st.timer.deadline() != until {
                 st.timer.as_mut().reset(until);
             }
-            let read = match st.body.poll_next_unpin(cx) {
+            let read = match Pin::new(&mut st.body).poll_frame(cx) {
                 Poll::Ready(read) => read,
                 Poll::Pending => {
                     ready!(st.timer.as_mut().poll(cx));
@@ -72,7 +83,10 @@ impl Stream for Chunks {
                 }
             };
             let bytes = match read {
-                Some(Ok(bytes)) => bytes,
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(bytes) => bytes,
+                    Err(_) => continue, // trailers
+                },
                 None | Some(Err(_)) => {
                     st.done = true;
                     return Poll::Ready(Some(Err(ProviderError::Cut)));

@@ -7,13 +7,15 @@ mod wire;
 pub use behaviour::{Behaviour, DEFAULT_REPLY_TOKENS};
 
 use axum::extract::State;
-use axum::http::{header, HeaderMap};
+use axum::http::{header, HeaderMap, Uri};
 use axum::response::Response;
 use axum::routing::post;
+use axum::serve::ListenerExt;
 use axum::Router;
 use bytes::Bytes;
 use serde_json::Value;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::task::JoinHandle;
 
@@ -21,12 +23,16 @@ use tokio::task::JoinHandle;
 struct Received {
     body: Value,
     authorization: Option<String>,
+    /// The request line's target and the `Host` header, as sent.
+    target: String,
+    host: Option<String>,
 }
 
 #[derive(Default)]
 struct Shared {
     behaviour: Mutex<Behaviour>,
     received: Mutex<Vec<Received>>,
+    connections: AtomicUsize,
 }
 
 /// A real HTTP server on `127.0.0.1` answering `POST /v1/chat/completions` as scripted by a
@@ -51,6 +57,10 @@ impl FakeOpenAi {
         let app = Router::new()
             .route("/v1/chat/completions", post(chat))
             .with_state(shared.clone());
+        let counted = shared.clone();
+        let listener = listener.tap_io(move |_| {
+            counted.connections.fetch_add(1, Ordering::Relaxed);
+        });
         let server = tokio::spawn(async move {
             axum::serve(listener, app)
                 .await
@@ -90,6 +100,20 @@ impl FakeOpenAi {
         received.iter().map(|r| r.authorization.clone()).collect()
     }
 
+    /// Each request's target and `Host` header, as sent, in order.
+    pub fn targets(&self) -> Vec<(String, Option<String>)> {
+        let received = self.shared.received.lock().unwrap();
+        received
+            .iter()
+            .map(|r| (r.target.clone(), r.host.clone()))
+            .collect()
+    }
+
+    /// How many connections were accepted so far.
+    pub fn connections(&self) -> usize {
+        self.shared.connections.load(Ordering::Relaxed)
+    }
+
     /// How many requests were received so far.
     pub fn request_count(&self) -> usize {
         self.shared.received.lock().unwrap().len()
@@ -102,18 +126,29 @@ impl Drop for FakeOpenAi {
     }
 }
 
-async fn chat(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn chat(
+    State(shared): State<Arc<Shared>>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    let authorization = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+    let text = |name| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let authorization = text(header::AUTHORIZATION);
+    let host = text(header::HOST);
     let ask = {
         let mut received = shared.received.lock().unwrap();
         let ask = wire::Ask::read(&body, received.len());
         received.push(Received {
             body,
             authorization,
+            target: uri.to_string(),
+            host,
         });
         ask
     };
