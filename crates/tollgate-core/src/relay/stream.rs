@@ -54,6 +54,9 @@ struct Reply {
     created: i64,
     /// Whether an event went out: the first goes alone, at once.
     sent: bool,
+    /// Whether the next poll first lets the thread's other tasks run, so that the first
+    /// event, just handed over, is written before the rest of a burst is read.
+    flush: bool,
     /// Turns of the thread's other tasks waited so far for the upstream's next chunk.
     turns: u32,
 }
@@ -104,6 +107,7 @@ pub(crate) fn sse_reply(
         id: String::new(),
         created: 0,
         sent: false,
+        flush: false,
         turns: 0,
     })
 }
@@ -113,6 +117,10 @@ impl Stream for Reply {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
         let st = self.get_mut();
+        if std::mem::take(&mut st.flush) {
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
         loop {
             if let Some((settle, _)) = st.settling.as_mut() {
                 let settled = ready!(settle.as_mut().poll(cx));
@@ -175,6 +183,7 @@ impl Stream for Reply {
                     }
                     chunk.write_event(&st.model_json, &mut st.out);
                     if !st.sent || st.out.len() >= GATHER_MAX {
+                        st.flush = !st.sent;
                         st.sent = true;
                         return Poll::Ready(Some(st.take_out()));
                     }
