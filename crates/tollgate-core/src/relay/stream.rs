@@ -141,11 +141,11 @@ impl Stream for Reply {
                         next
                     }
                     Poll::Pending if st.out.is_empty() => return Poll::Pending,
-                    // The upstream's connection task hands its response over one HTTP chunk
-                    // at a time, a turn or two apart, even when the upstream sent a burst of
-                    // events in one packet. Waiting those turns gathers the burst into one
-                    // write to the client instead of one write, and one wake-up of the
-                    // client, per event.
+                    // An upstream connection that runs as a task of its own (a TLS upstream's)
+                    // hands its response over one HTTP chunk at a time, a turn or two apart,
+                    // even when the upstream sent a burst of events in one packet. Waiting
+                    // those turns gathers the burst into one write to the client instead of
+                    // one write, and one wake-up of the client, per event.
                     Poll::Pending if st.turns < GATHER_TURNS => {
                         st.turns += 1;
                         cx.waker().wake_by_ref();
