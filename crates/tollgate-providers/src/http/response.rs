@@ -1,11 +1,12 @@
 //! An upstream response body: hyper's, and for a driven connection the connection with it,
-//! polled before each read and put back in its pool once the body has ended.
+//! polled before each read and put back in its pool once the body has ended, even when the
+//! reader stopped at its protocol's end (a stream's `[DONE]`) without reading the body's.
 
 use super::driven::Driver;
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use std::pin::Pin;
-use std::task::{ready, Context, Poll};
+use std::task::{ready, Context, Poll, Waker};
 
 pub struct UpstreamBody {
     body: Incoming,
@@ -58,5 +59,20 @@ impl Body for UpstreamBody {
 
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
+    }
+}
+
+impl Drop for UpstreamBody {
+    /// Looks once, without waiting, whether the body has ended: then its connection goes
+    /// back to the pool; otherwise dropping it closes the connection.
+    fn drop(&mut self) {
+        let Some(mut driver) = self.driver.take() else {
+            return;
+        };
+        let mut cx = Context::from_waker(Waker::noop());
+        driver.drive(&mut cx);
+        if let Poll::Ready(None) = Pin::new(&mut self.body).poll_frame(&mut cx) {
+            driver.release(&mut cx);
+        }
     }
 }

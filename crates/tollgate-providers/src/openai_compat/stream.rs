@@ -24,9 +24,6 @@ struct Chunks {
     /// Set for whichever deadline applies; reset only when that changes, not per read.
     timer: Pin<Box<tokio::time::Sleep>>,
     done: bool,
-    /// Whether the body was read once more after `[DONE]`, to see its end (which puts a
-    /// driven connection back in its pool).
-    drained: bool,
 }
 
 pub(super) fn chunks(
@@ -42,7 +39,6 @@ pub(super) fn chunks(
         deadline,
         timer: Box::pin(tokio::time::sleep_until(first_event.min(deadline))),
         done: false,
-        drained: false,
     })
 }
 
@@ -60,11 +56,6 @@ impl Stream for Chunks {
                 return Poll::Ready(Some(item));
             }
             if st.done {
-                if !st.drained {
-                    st.drained = true;
-                    // The end usually came with `[DONE]`; whatever else is there is not read.
-                    let _ = Pin::new(&mut st.body).poll_frame(cx);
-                }
                 return Poll::Ready(None);
             }
             let (until, missed) = match st.first_event {
