@@ -1,17 +1,17 @@
-//! A VFS over the platform's default one that writes a WAL commit with two system calls
+//! A VFS over the platform's default one that writes a WAL commit with one system call
 //! instead of two per page.
 //!
 //! SQLite writes each WAL frame as two writes, its 24-byte header and then its page, so a
 //! settlement touching four pages made eight `pwrite`s, a microsecond or more each on a
 //! virtual machine. Here the frames of a transaction are gathered in memory and written
-//! together with the commit frame's header; the commit frame's page follows at once. Every
-//! other file, and every other call on a WAL file, goes straight to the default VFS, after
-//! writing out what was gathered.
+//! together when the commit frame's page arrives, in one write. Every other file, and every
+//! other call on a WAL file, goes straight to the default VFS, after writing out what was
+//! gathered.
 //!
 //! Why this is safe: SQLite makes frames visible to readers (in this process or another)
 //! only after its last frame write returned, by publishing the WAL index header. A commit
-//! frame is never held back: when the write of its page returns, everything before it is in
-//! the file. What may be held back are frames of a transaction that has not committed yet
+//! frame is never held back past its page: when the write of its page returns, that frame
+//! and everything before it are in the file. What may be held back are frames of a transaction that has not committed yet
 //! (nothing reads them), and they are written out before any other use of the file (a read,
 //! a size query, a truncation, a sync, a close) or a write somewhere else. A failed write
 //! returns its error to the call that triggered it, which fails the transaction.
@@ -105,6 +105,8 @@ struct WalFile {
     start: i64,
     /// The last gathered write was a frame header: the write after it is its page.
     page_next: bool,
+    /// That header is a commit frame's: its page completes the transaction.
+    commit_next: bool,
 }
 
 const INNER_OFFSET: usize = (std::mem::size_of::<WalFile>() + 15) & !15;
@@ -146,6 +148,7 @@ unsafe fn write_through(f: *mut ffi::sqlite3_file, bytes: &[u8], offset: i64) ->
 unsafe fn flush(f: *mut ffi::sqlite3_file) -> c_int {
     let w = wal(f);
     w.page_next = false;
+    w.commit_next = false;
     if w.gathered.is_empty() {
         return ffi::SQLITE_OK;
     }
@@ -190,6 +193,7 @@ unsafe extern "C" fn open_file(
             gathered: Vec::new(),
             start: 0,
             page_next: false,
+            commit_next: false,
         },
     );
     ffi::SQLITE_OK
@@ -240,18 +244,16 @@ unsafe extern "C" fn write(
             w.start = offset;
         }
         w.gathered.extend_from_slice(bytes);
-        if bytes[4..8] != [0; 4] {
-            // A commit frame: out with everything now; its page is written straight after.
-            return flush(f);
-        }
         w.page_next = true;
+        // A commit frame's header: everything goes out with its page, the next write.
+        w.commit_next = bytes[4..8] != [0; 4];
         return ffi::SQLITE_OK;
     }
     if w.page_next {
         // The page of the frame whose header was just gathered (contiguous: checked above).
         w.gathered.extend_from_slice(bytes);
         w.page_next = false;
-        if w.gathered.len() >= MAX_GATHERED {
+        if w.commit_next || w.gathered.len() >= MAX_GATHERED {
             return flush(f);
         }
         return ffi::SQLITE_OK;
