@@ -11,10 +11,11 @@
 //! Why this is safe: SQLite makes frames visible to readers (in this process or another)
 //! only after its last frame write returned, by publishing the WAL index header. A commit
 //! frame is never held back past its page: when the write of its page returns, that frame
-//! and everything before it are in the file. What may be held back are frames of a transaction that has not committed yet
-//! (nothing reads them), and they are written out before any other use of the file (a read,
-//! a size query, a truncation, a sync, a close) or a write somewhere else. A failed write
-//! returns its error to the call that triggered it, which fails the transaction.
+//! and everything before it are in the file. What may be held back are frames of a
+//! transaction that has not committed yet (nothing reads them), and they are written out
+//! before any other use of the file (a read, a size query, a truncation, a sync, a close) or
+//! a write somewhere else. A failed write returns its error to the call that triggered it,
+//! which fails the transaction.
 
 #![allow(unsafe_code)]
 
