@@ -85,7 +85,12 @@ struct State {
     /// The write connection's `PRAGMA data_version` when last read: it changes only when
     /// another connection (another process) commits.
     data_version: i64,
+    /// When the write connection last looked for outside commits (any look).
     looked_at: Instant,
+    /// When a cached read ([`Combiner::refresh_epoch`]) last looked. Its looks are spaced
+    /// by their own clock: a batch's look just before an outside commit must not let the
+    /// next request skip the look that would see it.
+    asked_at: Instant,
 }
 
 /// The thread a job was queued from, and the task there that runs its jobs when woken.
@@ -227,6 +232,7 @@ impl Combiner {
                     conn,
                     data_version,
                     looked_at: Instant::now(),
+                    asked_at: Instant::now(),
                 }),
                 book: Mutex::new(Book::default()),
                 queues: Mutex::new(Queues::default()),
@@ -406,6 +412,7 @@ impl Combiner {
             conn,
             data_version,
             looked_at,
+            ..
         } = state;
         let book = &self.shared.book;
         let mut batch = Batch {
@@ -449,11 +456,14 @@ impl Combiner {
     /// Forgets cached committed figures and raises the epoch if another connection
     /// committed since the last look (looking at most every [`LOOK_EVERY`]).
     fn look_outside(&self, state: &mut State) {
-        let now = Instant::now();
-        if now.duration_since(state.looked_at) < LOOK_EVERY {
-            return;
+        if state.looked_at.elapsed() >= LOOK_EVERY {
+            self.look(state);
         }
-        state.looked_at = now;
+    }
+
+    /// Looks for outside commits now.
+    fn look(&self, state: &mut State) {
+        state.looked_at = Instant::now();
         match read_data_version(&state.conn) {
             Ok(v) => saw_version(
                 v,
@@ -467,12 +477,16 @@ impl Combiner {
 
     /// Brings the epoch up to date before a cached read. When a batch is running it has just
     /// looked (at its start), so this only looks itself when the write path is idle. Either
-    /// way, what another process committed counts within a millisecond.
+    /// way, what another process committed counts within a millisecond; a commit made while
+    /// no request came (an operator's command) counts at the next request.
     pub fn refresh_epoch(&self) {
         let Some(mut state) = try_lock(&self.shared.state) else {
             return;
         };
-        self.look_outside(&mut state);
+        if state.asked_at.elapsed() >= LOOK_EVERY {
+            state.asked_at = Instant::now();
+            self.look(&mut state);
+        }
         drop(state);
         // Jobs queued while this held the state: their origins are woken.
         self.hand_over(None);
@@ -701,6 +715,25 @@ mod tests {
             .expect("outside write");
         tokio::time::sleep(LOOK_EVERY * 2).await;
         c.run(|_| Ok::<_, StoreError>(())).await.expect("empty job");
+        assert_eq!(epoch.load(Ordering::Acquire), before + 1);
+    }
+
+    #[tokio::test]
+    async fn a_batch_looking_just_before_an_outside_commit_does_not_hide_it_from_a_request() {
+        let (_dir, path, c, epoch) = open();
+        let other = Connection::open(&path).expect("open");
+        other
+            .execute_batch("PRAGMA synchronous = OFF;")
+            .expect("pragma");
+        tokio::time::sleep(LOOK_EVERY * 2).await;
+        // A batch looks (the periodic watcher's, say), then an operator's command commits
+        // within the same millisecond, and a request reads from the cache right after.
+        c.run(|_| Ok::<_, StoreError>(())).await.expect("empty job");
+        let before = epoch.load(Ordering::Acquire);
+        other
+            .execute("INSERT INTO t (x) VALUES (2)", [])
+            .expect("outside write");
+        c.refresh_epoch();
         assert_eq!(epoch.load(Ordering::Acquire), before + 1);
     }
 }
