@@ -105,7 +105,7 @@ pub fn render(cx: &Context) -> String {
         ("load average at start", m.loadavg.clone()),
         ("toolchain", m.rustc.clone()),
         (
-            "RLIMIT_NOFILE (raised to the hard limit)",
+            "RLIMIT_NOFILE (raised as far as allowed)",
             m.nofile.to_string(),
         ),
         (

@@ -330,8 +330,18 @@ fn target_dir(root: &Path) -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from)
 }
 
-/// Raises the soft open-file limit to the hard one (the children inherit it); returns it.
+/// Open files the largest slow-stream scenario needs in tollgate: two sockets for each of
+/// 10,000 streams, and room for the rest.
+const NOFILE_WANTED: u64 = 24_576;
+
+/// Raises the open-file limit the children inherit, and returns it: the hard limit to
+/// [`NOFILE_WANTED`] when it is lower and the process may (a privileged one), then the soft
+/// limit to the hard one.
 fn raise_nofile() -> u64 {
+    let hard = rlimit::Resource::NOFILE.get().map_or(0, |(_, hard)| hard);
+    if hard < NOFILE_WANTED {
+        let _ = rlimit::Resource::NOFILE.set(NOFILE_WANTED, NOFILE_WANTED);
+    }
     let _ = rlimit::increase_nofile_limit(u64::MAX);
     rlimit::Resource::NOFILE
         .get()

@@ -223,8 +223,8 @@ fn slow(p: &Profile, requested: usize, nofile: u64) -> Scenario {
     if streams < requested {
         notes.push(format!(
             "{requested} streams were asked for; {streams} were run, the most that fit: \
-             tollgate holds two sockets per stream (client and upstream) and the hard \
-             RLIMIT_NOFILE it can inherit here is {nofile}."
+             tollgate holds two sockets per stream (client and upstream) and the \
+             RLIMIT_NOFILE it could be given here is {nofile}."
         ));
     }
     let ramp = streams as f64 / p.slow_ramp_per_sec;

@@ -9,6 +9,7 @@ use tollgate_core::usage::UsageWriter;
 use tollgate_http::AppState;
 
 pub async fn run(mut config: Config) -> anyhow::Result<()> {
+    raise_open_files();
     tollgate_core::relay::warm_up();
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;
@@ -61,6 +62,16 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Raises the soft open-file limit to the hard one. A stream holds two descriptors (the
+/// client's socket and the upstream's), so the soft limit many systems start a process with
+/// (1,024) would turn connections away at about 500 concurrent streams.
+fn raise_open_files() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::info!(limit, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit"),
+    }
 }
 
 fn redact(url: &str) -> String {

@@ -79,6 +79,14 @@ impl Server {
         Self::spawn(db_url, env, "127.0.0.1:0")
     }
 
+    /// A server started by `sh`, which runs `prelude` (e.g. `ulimit -S -n 256`) and then
+    /// execs tollgate in its place: the process is tollgate itself, set up by the prelude.
+    pub fn start_after(prelude: &str, db_url: &str) -> Self {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", &format!("{prelude} && exec \"$0\" \"$@\""), BIN]);
+        Self::launch(cmd, db_url, fast_env(), "127.0.0.1:0")
+    }
+
     /// A server whose OpenAI provider is the (fake) upstream at `upstream_url`.
     pub fn with_upstream(db_url: &str, upstream_url: &str, env: &[(&str, &str)]) -> Self {
         let mut all = vec![
@@ -90,7 +98,11 @@ impl Server {
     }
 
     fn spawn(db_url: &str, env: Vec<(String, String)>, listen: &str) -> Self {
-        let mut cmd = Command::new(BIN);
+        Self::launch(Command::new(BIN), db_url, env, listen)
+    }
+
+    /// Starts `cmd` (tollgate, or what execs it) with the arguments and env of a test server.
+    fn launch(mut cmd: Command, db_url: &str, env: Vec<(String, String)>, listen: &str) -> Self {
         cmd.args(["serve", "--listen", listen, "--database-url", db_url])
             .env_remove("OPENAI_API_KEY")
             .env_remove("OPENAI_BASE_URL")
