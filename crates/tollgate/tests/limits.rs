@@ -11,10 +11,11 @@ fn open_file_limits(pid: u32) -> (u64, u64) {
         .lines()
         .find(|l| l.starts_with("Max open files"))
         .expect("a Max open files line");
-    let figures: Vec<u64> = line
-        .split_whitespace()
-        .filter_map(|w| w.parse().ok())
-        .collect();
+    let figure = |w: &str| match w {
+        "unlimited" => Some(u64::MAX),
+        w => w.parse().ok(),
+    };
+    let figures: Vec<u64> = line.split_whitespace().filter_map(figure).collect();
     (figures[0], figures[1])
 }
 
@@ -27,6 +28,6 @@ fn serve_raises_a_low_soft_open_file_limit_to_the_hard_one() {
         hard > 256,
         "this machine's hard limit ({hard}) leaves nothing to raise"
     );
-    // Two descriptors per stream: at 256 the server would turn away its 128th stream.
+    // Two descriptors per stream: at 256 the server would turn streams away before 128.
     assert_eq!(soft, hard, "the soft limit was left at {soft}");
 }
