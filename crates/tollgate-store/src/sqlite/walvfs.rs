@@ -1,5 +1,6 @@
 //! A VFS over the platform's default one that writes a WAL commit with one system call
-//! instead of two per page.
+//! instead of two per page, and lets the write connection see, without a system call,
+//! whether anything was committed since its own last commit (see [`head`]).
 //!
 //! SQLite writes each WAL frame as two writes, its 24-byte header and then its page, so a
 //! settlement touching four pages made eight `pwrite`s, a microsecond or more each on a
@@ -18,6 +19,10 @@
 //! which fails the transaction.
 
 #![allow(unsafe_code)]
+
+mod head;
+
+pub(crate) use head::{last_commit, wal_head, Head};
 
 use rusqlite::ffi;
 use rusqlite::{Connection, OpenFlags};
@@ -96,11 +101,18 @@ fn inner_vfs() -> *mut ffi::sqlite3_vfs {
     INNER.load(Ordering::Acquire)
 }
 
-/// A WAL file: what it gathered, then (at [`INNER_OFFSET`]) the default VFS's file.
+/// A WAL or main database file: what it gathered, then (at [`INNER_OFFSET`]) the default
+/// VFS's file. A main database file gathers nothing; it only keeps where its shared memory is.
 #[repr(C)]
 struct WalFile {
     /// First, as SQLite sees the file: points at [`METHODS`].
     base: ffi::sqlite3_file,
+    /// A WAL file (else a main database file, whose writes all go straight through).
+    is_wal: bool,
+    /// A main database file's first region of WAL-index shared memory, once mapped.
+    shm: *const u8,
+    /// A WAL file's last commit frame written: the head it leaves the WAL at.
+    last_commit: Option<Head>,
     gathered: Vec<u8>,
     /// Where `gathered` starts in the file.
     start: i64,
@@ -129,7 +141,7 @@ unsafe fn methods<'a>(f: *mut ffi::sqlite3_file) -> &'a ffi::sqlite3_io_methods 
 /// Writes `bytes` at `offset` through the default VFS.
 unsafe fn write_through(f: *mut ffi::sqlite3_file, bytes: &[u8], offset: i64) -> c_int {
     #[cfg(test)]
-    {
+    if wal(f).is_wal {
         tests::WRITES.with(|w| w.set(w.get() + 1));
         if tests::FAIL_WRITES.with(|f| f.replace(f.get().saturating_sub(1)) > 0) {
             return ffi::SQLITE_IOERR_WRITE;
@@ -172,8 +184,10 @@ unsafe extern "C" fn open_file(
     let Some(open) = (*vfs).xOpen else {
         return ffi::SQLITE_CANTOPEN;
     };
-    if flags & ffi::SQLITE_OPEN_WAL == 0 {
-        // Not a WAL file: the default VFS's file takes the whole slot, as if opened there.
+    let is_wal = flags & ffi::SQLITE_OPEN_WAL != 0;
+    if !is_wal && flags & ffi::SQLITE_OPEN_MAIN_DB == 0 {
+        // Neither WAL nor database: the default VFS's file takes the whole slot, as if
+        // opened there.
         return open(vfs, name, file, flags, out_flags);
     }
     let inner_file = inner(file);
@@ -191,6 +205,9 @@ unsafe extern "C" fn open_file(
         file.cast::<WalFile>(),
         WalFile {
             base: ffi::sqlite3_file { pMethods: &METHODS },
+            is_wal,
+            shm: ptr::null(),
+            last_commit: None,
             gathered: Vec::new(),
             start: 0,
             page_next: false,
@@ -233,6 +250,9 @@ unsafe extern "C" fn write(
     };
     let bytes = std::slice::from_raw_parts(data.cast::<u8>(), len);
     let w = wal(f);
+    if !w.is_wal {
+        return write_through(f, bytes, offset);
+    }
     if !w.gathered.is_empty() && offset != w.start + w.gathered.len() as i64 {
         let rc = flush(f);
         if rc != ffi::SQLITE_OK {
@@ -252,6 +272,10 @@ unsafe extern "C" fn write(
     }
     if w.page_next {
         // The page of the frame whose header was just gathered (contiguous: checked above).
+        let header_at = w.gathered.len() - FRAME_HEADER;
+        if w.commit_next {
+            w.last_commit = Head::of_commit_frame(&w.gathered[header_at..], offset, len);
+        }
         w.gathered.extend_from_slice(bytes);
         w.page_next = false;
         if w.commit_next || w.gathered.len() >= MAX_GATHERED {
@@ -381,10 +405,14 @@ unsafe extern "C" fn shm_map(
     extend: c_int,
     pp: *mut *mut c_void,
 ) -> c_int {
-    match methods(f).xShmMap {
+    let rc = match methods(f).xShmMap {
         Some(m) => m(inner(f), page, size, extend, pp),
         None => ffi::SQLITE_IOERR_SHMMAP,
+    };
+    if page == 0 && rc == ffi::SQLITE_OK {
+        wal(f).shm = (*pp).cast_const().cast();
     }
+    rc
 }
 
 unsafe extern "C" fn shm_lock(
@@ -405,6 +433,7 @@ unsafe extern "C" fn shm_barrier(f: *mut ffi::sqlite3_file) {
 }
 
 unsafe extern "C" fn shm_unmap(f: *mut ffi::sqlite3_file, delete: c_int) -> c_int {
+    wal(f).shm = ptr::null();
     methods(f)
         .xShmUnmap
         .map_or(ffi::SQLITE_OK, |u| u(inner(f), delete))

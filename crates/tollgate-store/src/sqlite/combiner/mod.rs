@@ -29,6 +29,7 @@ mod batch;
 pub(crate) use batch::Batch;
 
 use super::book::Book;
+use super::walvfs::{self, Head};
 use batch::Txn;
 use rusqlite::Connection;
 use std::collections::VecDeque;
@@ -41,7 +42,9 @@ use tollgate_core::store::StoreError;
 
 /// Most jobs in one transaction.
 const MAX_BATCH: usize = 256;
-/// Looks for outside commits at most this often (each look is a statement, a few µs).
+/// Looks for outside commits at most this often. A look whose WAL head is one already
+/// accounted for costs no system call; any other is a statement (a read transaction's
+/// four lock calls).
 const LOOK_EVERY: Duration = Duration::from_millis(1);
 
 /// A settlement queued this soon after the previous one from its thread waits a turn of the
@@ -91,6 +94,11 @@ struct State {
     /// by their own clock: a batch's look just before an outside commit must not let the
     /// next request skip the look that would see it.
     asked_at: Instant,
+    /// A WAL head up to which every commit is accounted for: read just before a look that
+    /// read the data version, or left by this connection's own commit (whose transaction
+    /// began with such a look, under the write lock). While the WAL's head is still this
+    /// one, nothing was committed since, and a look needs no statement.
+    seen: Option<Head>,
 }
 
 /// The thread a job was queued from, and the task there that runs its jobs when woken.
@@ -233,6 +241,7 @@ impl Combiner {
                     data_version,
                     looked_at: Instant::now(),
                     asked_at: Instant::now(),
+                    seen: None,
                 }),
                 book: Mutex::new(Book::default()),
                 queues: Mutex::new(Queues::default()),
@@ -437,7 +446,12 @@ impl Combiner {
                 Some(e)
             }
             Txn::Open => match run_cached(conn, "COMMIT") {
-                Ok(()) => None,
+                Ok(()) => {
+                    // A transaction that wrote nothing leaves an older head of this
+                    // connection's: the WAL has moved past it, and the next look reads.
+                    state.seen = walvfs::last_commit(conn);
+                    None
+                }
                 Err(e) => {
                     let e = e.to_string();
                     tracing::error!(error = %e, "SQLite commit failed; rolling back");
@@ -461,17 +475,29 @@ impl Combiner {
         }
     }
 
-    /// Looks for outside commits now.
+    /// Looks for outside commits now: at the WAL's head when it is one already accounted
+    /// for, else at the data version.
     fn look(&self, state: &mut State) {
         state.looked_at = Instant::now();
+        let head = walvfs::wal_head(&state.conn);
+        if head.is_some() && head == state.seen {
+            return;
+        }
         match read_data_version(&state.conn) {
-            Ok(v) => saw_version(
-                v,
-                &mut state.data_version,
-                &self.shared.book,
-                &self.shared.epoch,
-            ),
-            Err(e) => tracing::warn!(error = %e, "reading the SQLite data version failed"),
+            Ok(v) => {
+                saw_version(
+                    v,
+                    &mut state.data_version,
+                    &self.shared.book,
+                    &self.shared.epoch,
+                );
+                // Read before the version: a commit after it moves the head again.
+                state.seen = head;
+            }
+            Err(e) => {
+                state.seen = None;
+                tracing::warn!(error = %e, "reading the SQLite data version failed");
+            }
         }
     }
 
@@ -538,6 +564,8 @@ fn saw_version(v: i64, seen: &mut i64, book: &Mutex<Book>, epoch: &AtomicU64) {
 }
 
 fn read_data_version(conn: &Connection) -> rusqlite::Result<i64> {
+    #[cfg(test)]
+    tests::VERSION_READS.with(|n| n.set(n.get() + 1));
     conn.prepare_cached("PRAGMA data_version")?
         .query_row([], |r| r.get(0))
 }
@@ -554,7 +582,7 @@ mod tests {
     ) {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("c.db");
-        let conn = Connection::open(&path).expect("open");
+        let conn = super::super::walvfs::open(&path, rusqlite::OpenFlags::default()).expect("open");
         conn.execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE t (x INTEGER);")
             .expect("schema");
         let epoch = Arc::new(AtomicU64::new(0));
@@ -716,6 +744,64 @@ mod tests {
         tokio::time::sleep(LOOK_EVERY * 2).await;
         c.run(|_| Ok::<_, StoreError>(())).await.expect("empty job");
         assert_eq!(epoch.load(Ordering::Acquire), before + 1);
+    }
+
+    thread_local! {
+        /// Data-version statements this thread ran.
+        pub(super) static VERSION_READS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    }
+
+    fn version_reads() -> u64 {
+        VERSION_READS.with(std::cell::Cell::get)
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_look_after_its_own_commit_runs_no_statement_and_an_outside_commit_still_counts() {
+        let (_dir, path, c, epoch) = open();
+        insert(&c, 1, false).await.expect("own write");
+        // Nothing was committed since this connection's own commit: the WAL's head says so.
+        tokio::time::sleep(LOOK_EVERY * 2).await;
+        let reads = version_reads();
+        c.refresh_epoch();
+        assert_eq!(
+            version_reads(),
+            reads,
+            "a look at an unmoved WAL head reads nothing"
+        );
+        let before = epoch.load(Ordering::Acquire);
+        // Another process's commit moves the head: the next look reads and counts it.
+        let other = Connection::open(&path).expect("open");
+        other
+            .execute("INSERT INTO t (x) VALUES (2)", [])
+            .expect("outside write");
+        tokio::time::sleep(LOOK_EVERY * 2).await;
+        c.refresh_epoch();
+        assert_eq!(version_reads(), reads + 1);
+        assert_eq!(epoch.load(Ordering::Acquire), before + 1);
+        // Seen once, that head needs no statement either; nor does an own commit after it.
+        tokio::time::sleep(LOOK_EVERY * 2).await;
+        c.refresh_epoch();
+        insert(&c, 3, false).await.expect("own write");
+        tokio::time::sleep(LOOK_EVERY * 2).await;
+        let reads = version_reads();
+        c.refresh_epoch();
+        assert_eq!(version_reads(), reads);
+        assert_eq!(epoch.load(Ordering::Acquire), before + 1);
+        // An outside commit right after an own one, and a checkpoint that empties the WAL
+        // (a new generation, the same frame count as before is possible): both count.
+        insert(&c, 4, false).await.expect("own write");
+        other
+            .execute("INSERT INTO t (x) VALUES (5)", [])
+            .expect("outside write");
+        tokio::time::sleep(LOOK_EVERY * 2).await;
+        c.refresh_epoch();
+        assert_eq!(epoch.load(Ordering::Acquire), before + 2);
+        other
+            .execute_batch("PRAGMA wal_checkpoint(TRUNCATE); INSERT INTO t (x) VALUES (6);")
+            .expect("outside checkpoint and write");
+        tokio::time::sleep(LOOK_EVERY * 2).await;
+        c.refresh_epoch();
+        assert_eq!(epoch.load(Ordering::Acquire), before + 3);
     }
 
     #[tokio::test]

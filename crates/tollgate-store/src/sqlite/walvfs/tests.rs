@@ -202,3 +202,25 @@ fn a_failed_write_fails_its_commit_and_loses_nothing_committed() {
         .expect("integrity");
     assert_eq!(ok, "ok");
 }
+
+#[test]
+fn the_wal_head_is_the_own_last_commit_until_another_connection_commits() {
+    let (_dir, path, conn) = fresh();
+    add(&conn, "a", 1).expect("commit");
+    let own = last_commit(&conn);
+    assert!(own.is_some());
+    assert_eq!(wal_head(&conn), own);
+    add(&conn, "b", 2).expect("commit");
+    let next = last_commit(&conn);
+    assert_ne!(next, own, "each commit leaves its own head");
+    assert_eq!(wal_head(&conn), next);
+    let other = plain(&path);
+    add(&other, "c", 3).expect("outside commit");
+    let moved = wal_head(&conn);
+    assert!(moved.is_some());
+    assert_ne!(moved, next);
+    assert_eq!(last_commit(&conn), next);
+    // A connection of the default VFS has neither.
+    assert_eq!(wal_head(&other), None);
+    assert_eq!(last_commit(&other), None);
+}
