@@ -10,6 +10,7 @@ use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use futures::{ready, Stream, StreamExt};
 use serde_json::{json, Map, Value};
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use tollgate_protocol::openai::chunk::{empty_chunk, Chunk};
@@ -54,9 +55,10 @@ struct Reply {
     created: i64,
     /// Whether an event went out: the first goes alone, at once.
     sent: bool,
-    /// Whether the next poll first lets the thread's other tasks run, so that the first
-    /// event, just handed over, is written before the rest of a burst is read.
-    flush: bool,
+    /// Set once the first event is handed over: the next poll first waits for the thread
+    /// to look for I/O and run what it found, so that the first event is written, and other
+    /// requests' first events go out, before this stream reads the rest of its burst.
+    flush: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
     /// Turns of the thread's other tasks waited so far for the upstream's next chunk.
     turns: u32,
 }
@@ -107,7 +109,7 @@ pub(crate) fn sse_reply(
         id: String::new(),
         created: 0,
         sent: false,
-        flush: false,
+        flush: None,
         turns: 0,
     })
 }
@@ -117,9 +119,9 @@ impl Stream for Reply {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
         let st = self.get_mut();
-        if std::mem::take(&mut st.flush) {
-            cx.waker().wake_by_ref();
-            return Poll::Pending;
+        if let Some(turn) = st.flush.as_mut() {
+            ready!(turn.as_mut().poll(cx));
+            st.flush = None;
         }
         loop {
             if let Some((settle, _)) = st.settling.as_mut() {
@@ -183,7 +185,9 @@ impl Stream for Reply {
                     }
                     chunk.write_event(&st.model_json, &mut st.out);
                     if !st.sent || st.out.len() >= GATHER_MAX {
-                        st.flush = !st.sent;
+                        if !st.sent {
+                            st.flush = Some(Box::pin(tokio::task::yield_now()));
+                        }
                         st.sent = true;
                         return Poll::Ready(Some(st.take_out()));
                     }

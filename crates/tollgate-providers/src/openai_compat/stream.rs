@@ -12,12 +12,19 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use tollgate_protocol::openai::chunk::Chunk;
 
+/// An event read but not yet taken: its data is parsed when it is taken, so that the first
+/// event of a burst goes out before the rest of the burst is parsed.
+enum Pending {
+    Data(String),
+    Failed(ProviderError),
+}
+
 /// The chunks of one response, as a hand-written stream: it is polled once per event, and
 /// keeps its state in place instead of moving it into a new future per item.
 struct Chunks {
     body: UpstreamBody,
     decoder: Decoder,
-    pending: VecDeque<Result<Chunk, ProviderError>>,
+    pending: VecDeque<Pending>,
     /// The first-byte deadline, until the first event arrives.
     first_event: Option<tokio::time::Instant>,
     deadline: tokio::time::Instant,
@@ -48,7 +55,11 @@ impl Stream for Chunks {
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let st = self.get_mut();
         loop {
-            if let Some(item) = st.pending.pop_front() {
+            if let Some(next) = st.pending.pop_front() {
+                let item = match next {
+                    Pending::Data(data) => parse_event(data),
+                    Pending::Failed(e) => Err(e),
+                };
                 if item.is_err() {
                     st.done = true;
                     st.pending.clear();
@@ -92,13 +103,18 @@ impl Stream for Chunks {
             } = st;
             let fed = decoder.feed(&bytes, |event| {
                 *first_event = None;
-                if !*done {
-                    push_event(pending, done, event.data);
+                if *done {
+                    return;
+                }
+                if event.data.trim() == "[DONE]" {
+                    *done = true;
+                } else {
+                    pending.push_back(Pending::Data(event.data));
                 }
             });
             if fed.is_err() && !*done {
                 *done = true;
-                pending.push_back(Err(ProviderError::Invalid(format!(
+                pending.push_back(Pending::Failed(ProviderError::Invalid(format!(
                     "stream event longer than {MAX_EVENT} bytes"
                 ))));
             }
@@ -106,12 +122,9 @@ impl Stream for Chunks {
     }
 }
 
-fn push_event(pending: &mut VecDeque<Result<Chunk, ProviderError>>, done: &mut bool, data: String) {
-    if data.trim() == "[DONE]" {
-        *done = true;
-        return;
-    }
-    let item = match Chunk::parse(data) {
+/// One event's data as a chunk, or the error it stands for.
+fn parse_event(data: String) -> Result<Chunk, ProviderError> {
+    match Chunk::parse(data) {
         Ok(chunk) => match chunk.error_message() {
             Some(message) => Err(ProviderError::Status {
                 status: 500,
@@ -123,6 +136,5 @@ fn push_event(pending: &mut VecDeque<Result<Chunk, ProviderError>>, done: &mut b
         Err(_) => Err(ProviderError::Invalid(
             "stream event is not a JSON object".into(),
         )),
-    };
-    pending.push_back(item);
+    }
 }
