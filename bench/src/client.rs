@@ -75,6 +75,19 @@ impl Target {
 pub struct Arrival {
     pub first: Instant,
     pub last: Instant,
+    /// tollgate's own part of the time before the reply's head, from its `Server-Timing`
+    /// header (`gateway;dur=…`); `None` from the mock.
+    pub gateway: Option<Duration>,
+}
+
+/// The `gateway` metric's duration in a `Server-Timing` value.
+fn gateway_time(value: &[u8]) -> Option<Duration> {
+    let value = std::str::from_utf8(value).ok()?;
+    value.split(',').find_map(|metric| {
+        let ms = metric.trim().strip_prefix("gateway;dur=")?;
+        let ms: f64 = ms.parse().ok()?;
+        (ms.is_finite() && ms >= 0.0).then(|| Duration::from_secs_f64(ms / 1e3))
+    })
 }
 
 /// One keep-alive connection, reopened after a failure.
@@ -120,6 +133,10 @@ impl Conn {
             .await
             .map_err(|e| format!("request failed: {e}"))?;
         let status = res.status();
+        let gateway = res
+            .headers()
+            .get("server-timing")
+            .and_then(|v| gateway_time(v.as_bytes()));
         let mut body = res.into_body();
         let mut first = None;
         let mut on_first = Some(on_first);
@@ -153,7 +170,11 @@ impl Conn {
             return Err("stream ended without data: [DONE]".into());
         }
         let first = first.ok_or("empty reply body")?;
-        Ok(Arrival { first, last })
+        Ok(Arrival {
+            first,
+            last,
+            gateway,
+        })
     }
 }
 
@@ -198,4 +219,22 @@ async fn connect(addr: SocketAddr) -> Result<SendRequest<Full<Bytes>>, String> {
         let _ = conn.await;
     });
     Ok(sender)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_gateway_part_is_read_from_server_timing() {
+        let v = b"upstream;dur=0.077, gateway;dur=0.021";
+        assert_eq!(gateway_time(v), Some(Duration::from_micros(21)));
+        assert_eq!(
+            gateway_time(b"gateway;dur=1.5"),
+            Some(Duration::from_micros(1500))
+        );
+        assert_eq!(gateway_time(b"upstream;dur=0.077"), None);
+        assert_eq!(gateway_time(b"gateway;dur=-1"), None);
+        assert_eq!(gateway_time(b"gateway;dur=x"), None);
+    }
 }

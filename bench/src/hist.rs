@@ -24,6 +24,10 @@ impl Hist {
         self.0.saturating_record(ns);
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     pub fn add(&mut self, other: &Hist) {
         self.0
             .add(&other.0)

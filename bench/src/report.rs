@@ -4,7 +4,7 @@ use crate::hist::Summary;
 use crate::machine::Machine;
 use crate::results::{Measured, PhaseResult, ScenarioResult, Side};
 use crate::scenarios::{Load, Profile};
-use crate::targets::{self, cpu_us};
+use crate::targets::{self, cpu_us, own_ms};
 use std::fmt::Write;
 use std::path::Path;
 use std::time::Duration;
@@ -193,6 +193,10 @@ fn method(p: &Profile) -> String {
          the machine's {cpus} cores; nothing is pinned.\n\
          - **Added** latency is the median of tollgate's percentile minus the median of the \
          direct one; ratios are tollgate ÷ direct.\n\
+         - **tollgate's own time** is read from each reply's `Server-Timing` header: \
+         `gateway` is the time from the request's arrival to the reply's head less the time \
+         spent waiting for the upstream (for a stream, until its first event), so it leaves \
+         out the network hops and the waits for a CPU that the added latency includes.\n\
          - **Checks.** After each scenario tollgate is stopped with SIGTERM, `tollgate ledger \
          check` must pass, and the `MODEL_USAGE` ledger entries are counted against the \
          successful replies that went through tollgate (each must be charged exactly once).\n",
@@ -320,6 +324,13 @@ fn rate_table(s: &mut String, ph: &PhaseResult) {
             });
         }
     }
+    let own = |q: fn(&Summary) -> f64| num(ph.median(Side::Tollgate, |m| own_ms(m, q)), 3);
+    pair_row(
+        s,
+        "tollgate's own time before the response head, p50 / p99 (ms, its `Server-Timing`)",
+        String::new(),
+        format!("{} / {}", own(|s| s.p50), own(|s| s.p99)),
+    );
     row(s, "mock CPU per request (µs)", ph, 1, |m| {
         m.mock.us_per(m.outcome.completed)
     });

@@ -118,7 +118,11 @@ fn print(o: &Outcome, mode: Mode) {
     for (name, h) in [
         ("latency (to last byte)", &o.latency),
         ("time to first byte", &o.ttfb),
+        ("gateway (Server-Timing)", &o.gateway),
     ] {
+        if h.is_empty() {
+            continue;
+        }
         let s = h.summary();
         println!(
             "{name:24} ms: p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}",

@@ -58,6 +58,9 @@ fn record(out: &Shared, res: Result<Arrival, String>, t0: Instant, begin: Instan
                 o.completed += 1;
                 o.latency.record(a.last - t0);
                 o.ttfb.record(a.first - t0);
+                if let Some(g) = a.gateway {
+                    o.gateway.record(g);
+                }
             }
         }
         Err(e) => o.error(e),

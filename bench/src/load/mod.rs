@@ -38,6 +38,9 @@ pub struct Outcome {
     pub latency: Hist,
     /// Time to the first body byte.
     pub ttfb: Hist,
+    /// tollgate's own part of the time before each reply's head (its `Server-Timing`);
+    /// empty against the mock.
+    pub gateway: Hist,
     /// Length of the measured window.
     pub window: Duration,
     /// Slow streams: streams that received their first bytes.
@@ -67,6 +70,7 @@ impl Outcome {
         }
         self.latency.add(&o.latency);
         self.ttfb.add(&o.ttfb);
+        self.gateway.add(&o.gateway);
         self.opened += o.opened;
     }
 

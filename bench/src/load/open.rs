@@ -95,6 +95,9 @@ async fn worker(target: Target, s: Arc<Schedule>, out: Shared) {
                     o.completed += 1;
                     o.latency.record(a.last - sent);
                     o.ttfb.record(a.first - sent);
+                    if let Some(g) = a.gateway {
+                        o.gateway.record(g);
+                    }
                 }
             }
             Err(e) => o.error(e),

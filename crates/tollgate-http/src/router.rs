@@ -16,6 +16,7 @@ const EXPOSED: &[&str] = &[
     "x-tollgate-credits-used",
     "x-tollgate-usd-spent",
     "retry-after",
+    "server-timing",
 ];
 
 pub fn router(state: AppState) -> Router {

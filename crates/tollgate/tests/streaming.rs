@@ -1,5 +1,6 @@
 //! How a streamed reply reaches the client: events the upstream paces go out as they come;
-//! events it sends in one burst go out gathered, in a few writes, intact and in order.
+//! events it sends in one burst go out gathered, in a few writes, intact and in order; the
+//! head's `Server-Timing` splits the wait for the first event between upstream and gateway.
 
 mod common;
 
@@ -160,5 +161,57 @@ async fn paced_events_reach_the_client_as_the_upstream_sends_them() {
     for pair in content.windows(2) {
         let gap = pair[1] - pair[0];
         assert!(gap >= pause / 2, "words {gap:?} apart: {arrivals:?}");
+    }
+}
+
+/// The `dur` (ms) of each metric in a `Server-Timing` value, in order.
+fn timings(value: &str) -> Vec<(String, f64)> {
+    value
+        .split(',')
+        .map(|m| {
+            let (name, dur) = m.trim().split_once(";dur=").expect("name;dur=ms");
+            (name.to_owned(), dur.parse().expect("a number of ms"))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn server_timing_splits_the_wait_for_the_first_event_between_upstream_and_gateway() {
+    let db = TestDb::sqlite();
+    let pause = Duration::from_millis(80);
+    let fake = FakeOpenAi::start(Behaviour::Normal {
+        reply_tokens: 2,
+        chunk_delay: pause,
+    })
+    .await;
+    let server = Server::with_upstream(&db.url, &fake.base_url(), &[]);
+    let key = account(&db.url, "timing@example.com", Some("4242424242424242"));
+    for stream in [true, false] {
+        let sent = Instant::now();
+        let resp = post_chat(&server, &key, &chat_body(MINI, json!({"stream": stream}))).await;
+        let head_after = sent.elapsed().as_secs_f64() * 1e3;
+        assert_eq!(resp.status(), 200);
+        let value = resp.headers()["server-timing"].to_str().unwrap().to_owned();
+        let t = timings(&value);
+        assert_eq!(
+            t.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+            ["upstream", "gateway"],
+            "{value}"
+        );
+        let (upstream, gateway) = (t[0].1, t[1].1);
+        if stream {
+            // The head waits for the first event, which the upstream sends after one pause.
+            assert!(upstream >= pause.as_secs_f64() * 1e3, "{value}");
+        }
+        assert!(
+            gateway >= 0.0 && gateway < upstream.max(1.0) * 10.0,
+            "{value}"
+        );
+        // Both parts are of the time the client waited for the head.
+        assert!(
+            upstream + gateway <= head_after + 0.002,
+            "{value}, head after {head_after} ms"
+        );
+        let _ = resp.bytes().await.unwrap();
     }
 }

@@ -33,6 +33,7 @@ async fn free_account_calls_free_models_and_gets_403_on_priced_ones() {
         "x-client-request-id",
         "x-tollgate-credits-used",
         "x-tollgate-usd-spent",
+        "server-timing",
     ] {
         assert!(exposed.contains(h), "{h} not exposed: {exposed}");
     }

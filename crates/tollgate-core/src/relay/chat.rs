@@ -12,6 +12,7 @@ use crate::store::{HoldError, HoldRequest};
 use bytes::Bytes;
 use chrono::Utc;
 use futures::stream::BoxStream;
+use std::time::{Duration, Instant};
 use tollgate_protocol::openai::ChatRequest;
 use tollgate_providers::error::Deadline;
 use tollgate_providers::ProviderError;
@@ -20,6 +21,9 @@ use tollgate_providers::ProviderError;
 pub struct ChatReply {
     pub inference_id: String,
     pub body: ReplyBody,
+    /// Time spent waiting for the upstream: from the first attempt until its response (or,
+    /// streaming, its first event) was in hand, retries and fallbacks included.
+    pub upstream: Duration,
 }
 
 pub enum ReplyBody {
@@ -88,7 +92,10 @@ impl Relay {
             },
         );
         let include_usage = req.include_usage;
-        let upstream = match routes::call(inner, &admission.model, &req, output).await {
+        let called = Instant::now();
+        let upstream = routes::call(inner, &admission.model, &req, output).await;
+        let waited = called.elapsed();
+        let upstream = match upstream {
             Ok(up) => up,
             Err(e) => {
                 let error = provider_error(&e);
@@ -110,6 +117,7 @@ impl Relay {
                 Ok(ChatReply {
                     inference_id,
                     body: ReplyBody::Json { body, credits, usd },
+                    upstream: waited,
                 })
             }
             Upstream::Stream { first, rest } => {
@@ -124,6 +132,7 @@ impl Relay {
                 Ok(ChatReply {
                     inference_id,
                     body: ReplyBody::Stream(events),
+                    upstream: waited,
                 })
             }
         }

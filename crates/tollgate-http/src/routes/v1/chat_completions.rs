@@ -11,6 +11,7 @@ use axum::response::Response;
 use axum::Extension;
 use futures::StreamExt;
 use std::convert::Infallible;
+use std::time::Duration;
 use tollgate_core::relay::{ReplyBody, RequestMeta};
 use tollgate_core::Error;
 use tollgate_protocol::openai::chat::{ChatRequest, ChatRequestError};
@@ -59,8 +60,39 @@ pub async fn handle(
             r
         }
     };
+    let h = response.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&reply.inference_id) {
-        response.headers_mut().insert("x-inference-id", v);
+        h.insert("x-inference-id", v);
+    }
+    let timing = server_timing(reply.upstream, ctx.started.elapsed());
+    if let Ok(v) = HeaderValue::from_str(&timing) {
+        h.insert("server-timing", v);
     }
     Ok(response)
+}
+
+/// The `Server-Timing` value for a reply whose head is ready `total` after the request
+/// arrived, `upstream` of it spent waiting for the upstream: `gateway` is tollgate's own part
+/// (authentication, the hold, settlement of a complete reply, rendering).
+fn server_timing(upstream: Duration, total: Duration) -> String {
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    format!(
+        "upstream;dur={:.3}, gateway;dur={:.3}",
+        ms(upstream),
+        ms(total.saturating_sub(upstream))
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_timing_splits_the_time_before_the_head() {
+        let t = server_timing(Duration::from_micros(1500), Duration::from_micros(1750));
+        assert_eq!(t, "upstream;dur=1.500, gateway;dur=0.250");
+        // A clock that could not move backwards still never reports a negative part.
+        let t = server_timing(Duration::from_millis(2), Duration::from_millis(1));
+        assert_eq!(t, "upstream;dur=2.000, gateway;dur=0.000");
+    }
 }
