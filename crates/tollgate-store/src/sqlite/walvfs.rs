@@ -272,9 +272,10 @@ unsafe extern "C" fn write(
     }
     if w.page_next {
         // The page of the frame whose header was just gathered (contiguous: checked above).
-        let header_at = w.gathered.len() - FRAME_HEADER;
         if w.commit_next {
-            w.last_commit = Head::of_commit_frame(&w.gathered[header_at..], offset, len);
+            let header =
+                (w.gathered.len().checked_sub(FRAME_HEADER)).and_then(|at| w.gathered.get(at..));
+            w.last_commit = header.and_then(|h| Head::of_commit_frame(h, offset, len));
         }
         w.gathered.extend_from_slice(bytes);
         w.page_next = false;

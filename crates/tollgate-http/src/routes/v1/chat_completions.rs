@@ -65,7 +65,7 @@ pub async fn handle(
         h.insert("x-inference-id", v);
     }
     let timing = server_timing(reply.upstream, ctx.started.elapsed());
-    if let Ok(v) = HeaderValue::from_str(&timing) {
+    if let Ok(v) = HeaderValue::try_from(timing) {
         h.insert("server-timing", v);
     }
     Ok(response)

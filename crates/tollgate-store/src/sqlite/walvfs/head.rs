@@ -12,7 +12,7 @@
 
 use super::{wal, METHODS};
 use rusqlite::{ffi, Connection};
-use std::ffi::c_void;
+use std::ffi::{c_int, c_void};
 use std::ptr;
 use std::sync::atomic::{fence, Ordering};
 
@@ -46,35 +46,32 @@ impl Head {
     }
 }
 
-/// The main database file of `conn`'s `main` schema, if this VFS opened it.
-fn main_file(conn: &Connection) -> *mut ffi::sqlite3_file {
+/// The file of `conn`'s `main` schema that the file control `op` points at
+/// (`SQLITE_FCNTL_FILE_POINTER`: the database file; `SQLITE_FCNTL_JOURNAL_POINTER`: the WAL
+/// in WAL mode), if this VFS opened it.
+fn our_file(conn: &Connection, op: c_int) -> Option<*mut ffi::sqlite3_file> {
     let mut file: *mut ffi::sqlite3_file = ptr::null_mut();
-    // SAFETY: the handle is live for `conn`'s lifetime; FILE_POINTER only stores a pointer.
+    // SAFETY: the handle is live for `conn`'s lifetime; these file controls only store a
+    // pointer.
     let rc = unsafe {
         ffi::sqlite3_file_control(
             conn.handle(),
             c"main".as_ptr(),
-            ffi::SQLITE_FCNTL_FILE_POINTER,
+            op,
             ptr::addr_of_mut!(file).cast::<c_void>(),
         )
     };
     if rc != ffi::SQLITE_OK || file.is_null() {
-        return ptr::null_mut();
+        return None;
     }
     // SAFETY: `file` is an open file of `conn`; its methods say which VFS opened it.
-    if unsafe { (*file).pMethods } != ptr::addr_of!(METHODS) {
-        return ptr::null_mut();
-    }
-    file
+    (unsafe { (*file).pMethods } == ptr::addr_of!(METHODS)).then_some(file)
 }
 
 /// Where the WAL's last commit is now, as the WAL-index header says; `None` when the shared
 /// memory is not mapped, or a writer was changing the header as it was read.
 pub(crate) fn wal_head(conn: &Connection) -> Option<Head> {
-    let file = main_file(conn);
-    if file.is_null() {
-        return None;
-    }
+    let file = our_file(conn, ffi::SQLITE_FCNTL_FILE_POINTER)?;
     // SAFETY: `file` is a main database file of this VFS, so a live `WalFile`. Its `shm`,
     // when set, is the first region of the WAL-index as mapped by the default VFS, which
     // stays mapped until this file's `xShmUnmap` (which clears it). Other processes write
@@ -111,28 +108,8 @@ unsafe fn read_header(at: *const u8) -> [u8; 48] {
 
 /// Where `conn`'s own last commit frame left the WAL; `None` before its first commit.
 pub(crate) fn last_commit(conn: &Connection) -> Option<Head> {
-    let mut file: *mut ffi::sqlite3_file = ptr::null_mut();
-    // SAFETY: as in `main_file`; JOURNAL_POINTER gives the WAL file in WAL mode.
-    let rc = unsafe {
-        ffi::sqlite3_file_control(
-            conn.handle(),
-            c"main".as_ptr(),
-            ffi::SQLITE_FCNTL_JOURNAL_POINTER,
-            ptr::addr_of_mut!(file).cast::<c_void>(),
-        )
-    };
-    if rc != ffi::SQLITE_OK || file.is_null() {
-        return None;
-    }
-    // SAFETY: an open file of `conn`: when its methods are this VFS's, it is a `WalFile`.
-    unsafe {
-        if (*file).pMethods != ptr::addr_of!(METHODS) {
-            return None;
-        }
-        let w = wal(file);
-        if !w.is_wal {
-            return None;
-        }
-        w.last_commit
-    }
+    let file = our_file(conn, ffi::SQLITE_FCNTL_JOURNAL_POINTER)?;
+    // SAFETY: a file this VFS opened is a `WalFile`.
+    let w = unsafe { wal(file) };
+    w.is_wal.then_some(w.last_commit).flatten()
 }
