@@ -10,6 +10,7 @@ mod mock;
 mod mock_body;
 mod procs;
 mod procstat;
+mod proxy;
 mod report;
 mod results;
 mod runner;

@@ -30,7 +30,8 @@ fn kind(target: &Target) -> &'static str {
     }
 }
 
-/// Runs one phase against `target`, reading the processes when the window opens and closes.
+/// Runs one phase against `target`, reading the processes when the window opens and closes:
+/// the mock, and the server in between (tollgate, or the reference proxy) when there is one.
 pub fn measure(ph: &Phase, target: &Target, mock: &Proc, tollgate: Option<&Proc>) -> Measured {
     let (mock_pid, tg_pid) = (mock.pid(), tollgate.map(Proc::pid));
     let before = (
@@ -76,6 +77,7 @@ pub fn one_line(m: &Measured, side: Side) -> String {
             Side::Direct => "direct",
             Side::Tollgate => "tollgate",
             Side::Control => "control",
+            Side::Proxy => "nginx",
         },
         o.rps(),
         s.p50,

@@ -16,6 +16,13 @@ pub struct Proc {
 }
 
 impl Proc {
+    pub fn new(name: &'static str, child: Child) -> Self {
+        Self {
+            name,
+            child: Some(child),
+        }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map_or(0, Child::id)
     }
@@ -201,7 +208,7 @@ impl Tollgate {
 }
 
 /// An unused loopback port (bound, then released).
-fn free_port() -> anyhow::Result<SocketAddr> {
+pub fn free_port() -> anyhow::Result<SocketAddr> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
 }
 

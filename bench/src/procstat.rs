@@ -13,8 +13,38 @@ pub struct Snapshot {
     pub hwm_kb: u64,
 }
 
-/// Reads process `pid`; `None` when it is gone or /proc is unreadable.
+/// Reads process `pid` and its direct children (a server's worker processes, as nginx's),
+/// adding up their CPU time and memory; `None` when `pid` is gone or /proc is unreadable.
 pub fn snapshot(pid: u32) -> Option<Snapshot> {
+    let mut total = one(pid)?;
+    for child in children(pid) {
+        if let Some(c) = one(child) {
+            total.cpu_secs += c.cpu_secs;
+            total.rss_kb += c.rss_kb;
+            total.hwm_kb += c.hwm_kb;
+        }
+    }
+    Some(total)
+}
+
+/// The processes `pid` started that are still running, whichever of its threads started them.
+fn children(pid: u32) -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|c| {
+            c.split_whitespace()
+                .filter_map(|c| c.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect()
+}
+
+/// Reads process `pid` alone.
+fn one(pid: u32) -> Option<Snapshot> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name, which is in parentheses and may contain spaces:
     // state is field 3, utime 14 and stime 15 (1-based).
@@ -96,5 +126,25 @@ mod tests {
     fn reads_this_process() {
         let s = super::snapshot(std::process::id()).expect("own /proc entry");
         assert!(s.rss_kb > 0 && s.hwm_kb >= s.rss_kb);
+    }
+
+    #[test]
+    fn children_are_added() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .expect("sleep");
+        let me = std::process::id();
+        let alone = super::one(me).expect("own /proc entry");
+        let with = super::snapshot(me).expect("own /proc entry");
+        let theirs = super::one(child.id()).expect("child's /proc entry");
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(theirs.rss_kb > 0);
+        // Our own resident set may move between the readings; the child's is well over that.
+        assert!(
+            with.rss_kb >= alone.rss_kb + theirs.rss_kb / 2,
+            "{with:?} {alone:?} {theirs:?}"
+        );
     }
 }

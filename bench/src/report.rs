@@ -4,7 +4,7 @@ use crate::hist::Summary;
 use crate::machine::Machine;
 use crate::results::{Measured, PhaseResult, ScenarioResult, Side};
 use crate::scenarios::{Load, Profile};
-use crate::targets::{self, cpu_us, own_ms};
+use crate::targets::{self, added_by, cpu_us, own_ms};
 use std::fmt::Write;
 use std::path::Path;
 use std::time::Duration;
@@ -26,7 +26,7 @@ pub fn problems(results: &[ScenarioResult]) -> Vec<String> {
     for s in results {
         out.extend(s.problems.iter().map(|p| format!("{}: {p}", s.id)));
         for p in &s.phases {
-            for side in [Side::Direct, Side::Tollgate, Side::Control] {
+            for side in [Side::Direct, Side::Tollgate, Side::Control, Side::Proxy] {
                 let name = format!("{} {} ({})", s.id, p.phase.title, side_name(side));
                 for m in p.side(side) {
                     let o = &m.outcome;
@@ -76,6 +76,7 @@ fn side_name(side: Side) -> &'static str {
         Side::Direct => "direct",
         Side::Tollgate => "tollgate",
         Side::Control => "control (fresh database)",
+        Side::Proxy => "bare proxy (nginx)",
     }
 }
 
@@ -193,6 +194,10 @@ fn method(p: &Profile) -> String {
          the machine's {cpus} cores; nothing is pinned.\n\
          - **Added** latency is the median of tollgate's percentile minus the median of the \
          direct one; ratios are tollgate ÷ direct.\n\
+         - **Reference proxy.** In scenarios 1 and 2 every phase is also measured through \
+         nginx (when installed) forwarding to the mock in tollgate's place, right after \
+         tollgate: a hop that does no work of its own, so its added latency is the part of \
+         tollgate's that any extra HTTP hop costs on this machine.\n\
          - **tollgate's own time** is read from each reply's `Server-Timing` header: \
          `gateway` is the time from the request's arrival to the reply's head less the time \
          spent waiting for the upstream (for a stream, until its first event), so it leaves \
@@ -245,6 +250,54 @@ fn scenario(s: &mut String, r: &ScenarioResult) {
         if !ph.control.is_empty() {
             control_note(s, ph);
         }
+        if !ph.proxy.is_empty() {
+            proxy_note(s, ph);
+        }
+    }
+}
+
+/// The reference proxy's figures beside the direct ones: what a hop with no work of its own
+/// adds here.
+fn proxy_note(s: &mut String, ph: &PhaseResult) {
+    let lat = |m: &Measured| m.outcome.latency.summary();
+    let ttfb = |m: &Measured| m.outcome.ttfb.summary();
+    let four = |pick: &dyn Fn(&Measured) -> Summary| {
+        let names = ["p50", "p90", "p99", "p99.9"];
+        names
+            .iter()
+            .enumerate()
+            .map(|(i, q)| {
+                let x = added_by(ph, Side::Proxy, pick, |s| s.quantiles()[i]);
+                format!("{q} {}", signed(x))
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let added = if ph.phase.stream {
+        format!(
+            "added time to first byte {}; to last byte {}",
+            four(&ttfb),
+            four(&lat)
+        )
+    } else {
+        format!("added latency {}", four(&lat))
+    };
+    let _ = writeln!(
+        s,
+        "Through the bare proxy (nginx) in tollgate's place, in the same repetitions: {} \
+         replies/s; {added} (ms); its CPU per request {} µs (all its processes); {} errors.\n",
+        num(ph.median(Side::Proxy, |m| m.outcome.rps()), 0),
+        num(ph.median(Side::Proxy, cpu_us), 1),
+        ph.errors(Side::Proxy),
+    );
+}
+
+/// A difference with its sign, or a dash.
+fn signed(x: f64) -> String {
+    if x.is_finite() {
+        format!("{x:+.3}")
+    } else {
+        "–".into()
     }
 }
 
@@ -463,9 +516,9 @@ fn repetitions(s: &mut String, r: &ScenarioResult, ph: &PhaseResult) {
     let _ = writeln!(s, "**{} — {}**\n", r.id, ph.phase.title);
     let _ = writeln!(
         s,
-        "| rep | side | replies/s | p50 | p90 | p99 | p99.9 | TTFB p99 | ms window | errors | tollgate µs/req | tollgate RSS MB |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "| rep | side | replies/s | p50 | p90 | p99 | p99.9 | TTFB p99 | ms window | errors | server µs/req | server RSS MB |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
-    for side in [Side::Direct, Side::Tollgate, Side::Control] {
+    for side in [Side::Direct, Side::Tollgate, Side::Control, Side::Proxy] {
         for (i, m) in ph.side(side).iter().enumerate() {
             let o = &m.outcome;
             let l = o.latency.summary();

@@ -22,6 +22,9 @@ pub enum Side {
     /// Through a second tollgate on a fresh database, measured right after the first in each
     /// repetition (scenario 4's yardstick: both see the machine as it is at that moment).
     Control,
+    /// Through a bare reverse proxy (nginx) in tollgate's place, measured right after
+    /// tollgate in each repetition: what one more hop costs on this machine.
+    Proxy,
 }
 
 /// Every repetition of a phase, each way.
@@ -32,6 +35,8 @@ pub struct PhaseResult {
     pub tollgate: Vec<Measured>,
     /// Empty unless the scenario has a control.
     pub control: Vec<Measured>,
+    /// Empty unless the scenario measures the reference proxy (and nginx was found).
+    pub proxy: Vec<Measured>,
 }
 
 impl PhaseResult {
@@ -41,6 +46,7 @@ impl PhaseResult {
             direct: Vec::new(),
             tollgate: Vec::new(),
             control: Vec::new(),
+            proxy: Vec::new(),
         }
     }
 
@@ -49,6 +55,7 @@ impl PhaseResult {
             Side::Direct => &self.direct,
             Side::Tollgate => &self.tollgate,
             Side::Control => &self.control,
+            Side::Proxy => &self.proxy,
         }
     }
 

@@ -7,7 +7,7 @@ use crate::procs::{self, Tollgate};
 use crate::procstat::{self, Usage};
 use crate::results::{Billing, PhaseResult, ScenarioResult, Side};
 use crate::scenarios::{self, Profile, Scenario};
-use crate::{report, seed};
+use crate::{proxy, report, seed};
 use anyhow::{bail, Context};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -149,6 +149,28 @@ fn run_scenario(sc: &Scenario, p: &Profile, bin: &Path) -> anyhow::Result<Scenar
         Some(_) => Some(Control::start(dir.path(), bin, mock_addr)?),
         None => None,
     };
+    let mut nginx = if sc.reference_proxy {
+        let found = proxy::Nginx::start(&dir.path().join("nginx"), mock_addr)
+            .context("starting the reference proxy")?;
+        match &found {
+            Some(n) => notes.push(format!(
+                "Reference: each phase is also measured through a bare reverse proxy in \
+                 tollgate's place ({}, forwarding only: a worker per core, keep-alive \
+                 connections to the mock, no buffering, TCP_NODELAY, no access log), right \
+                 after tollgate in each repetition. Its added latency is what one more HTTP \
+                 hop costs on this machine, with no work of its own.",
+                n.version
+            )),
+            None => notes.push(
+                "Reference proxy not measured: no nginx on this machine \
+                 (`apt-get install nginx-light` adds it)."
+                    .to_owned(),
+            ),
+        }
+        found
+    } else {
+        None
+    };
     eprintln!("   ready after {:.1} s", setup.elapsed().as_secs_f64());
     let direct = |stream| Target::chat(mock_addr, None, MODEL, stream);
     let through = |addr, stream| Target::chat(addr, Some(&key), MODEL, stream);
@@ -163,6 +185,10 @@ fn run_scenario(sc: &Scenario, p: &Profile, bin: &Path) -> anyhow::Result<Scenar
         probe(&through(addr, stream)?).context("probing tollgate")?;
         if let Some(c) = &control {
             probe(&c.target(stream)?).context("probing the control tollgate")?;
+        }
+        if let Some(n) = &nginx {
+            probe(&Target::chat(n.addr, None, MODEL, stream)?)
+                .context("probing the reference proxy")?;
         }
         replies += 1;
     }
@@ -200,6 +226,14 @@ fn run_scenario(sc: &Scenario, p: &Profile, bin: &Path) -> anyhow::Result<Scenar
                 one_line(&d, Side::Direct),
                 one_line(&t, Side::Tollgate)
             );
+            if let Some(n) = &mut nginx {
+                let via = Target::chat(n.addr, None, MODEL, ph.stream)?;
+                let m = measure(ph, &via, &mock, Some(&n.proc));
+                std::thread::sleep(pause);
+                n.proc.check_alive()?;
+                line += &format!(" | {}", one_line(&m, Side::Proxy));
+                result.proxy.push(m);
+            }
             if let Some(c) = &mut control {
                 let m = measure(ph, &c.target(ph.stream)?, &mock, Some(&c.server));
                 std::thread::sleep(pause);
@@ -222,6 +256,7 @@ fn run_scenario(sc: &Scenario, p: &Profile, bin: &Path) -> anyhow::Result<Scenar
     if let Some(c) = control {
         problems.extend(c.finish()?);
     }
+    drop(nginx);
     let _ = mock.stop(Duration::from_secs(5));
     match tg.cli(&["ledger", "check"]) {
         Ok(v) if v["ok"] == true => {}

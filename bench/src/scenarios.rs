@@ -115,6 +115,8 @@ pub struct Scenario {
     /// Start a fresh tollgate (same database) for every repetition, so each memory figure
     /// is a new process's.
     pub restart_per_rep: bool,
+    /// Also measure every phase through a bare reverse proxy (nginx) in tollgate's place.
+    pub reference_proxy: bool,
 }
 
 /// Every scenario of the profile. `nofile` is the open-file limit tollgate will inherit:
@@ -201,6 +203,7 @@ fn non_stream(p: &Profile, id: &str, title: &str, growth: Option<Growth>) -> Sce
             .into_iter()
             .collect(),
         restart_per_rep: false,
+        reference_proxy: growth.is_none(),
     }
 }
 
@@ -213,6 +216,7 @@ fn streaming(p: &Profile) -> Scenario {
         phases: rate_phases(p, &p.stream_rates, true, "streams"),
         notes: Vec::new(),
         restart_per_rep: false,
+        reference_proxy: true,
     }
 }
 
@@ -262,5 +266,6 @@ fn slow(p: &Profile, requested: usize, nofile: u64) -> Scenario {
         }],
         notes,
         restart_per_rep: true,
+        reference_proxy: false,
     }
 }

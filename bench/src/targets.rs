@@ -53,8 +53,33 @@ pub fn own_ms(m: &Measured, q: fn(&Summary) -> f64) -> f64 {
     }
 }
 
+/// The median of a percentile on `side` less its median on the direct side.
+pub fn added_by(
+    p: &PhaseResult,
+    side: Side,
+    pick: impl Fn(&Measured) -> Summary,
+    q: impl Fn(&Summary) -> f64,
+) -> f64 {
+    p.median(side, |m| q(&pick(m))) - p.median(Side::Direct, |m| q(&pick(m)))
+}
+
 fn added(p: &PhaseResult, pick: impl Fn(&Measured) -> Summary, q: impl Fn(&Summary) -> f64) -> f64 {
-    p.median(Side::Tollgate, |m| q(&pick(m))) - p.median(Side::Direct, |m| q(&pick(m)))
+    added_by(p, Side::Tollgate, pick, q)
+}
+
+/// "; a bare proxy hop here: +x ms", when the reference proxy was measured in this phase.
+fn yardstick(
+    p: &PhaseResult,
+    pick: impl Fn(&Measured) -> Summary,
+    q: impl Fn(&Summary) -> f64,
+) -> String {
+    if p.proxy.is_empty() {
+        return String::new();
+    }
+    format!(
+        "; a bare proxy (nginx) in tollgate's place: {:+.3} ms",
+        added_by(p, Side::Proxy, pick, q)
+    )
 }
 
 /// Every target of issue 3.
@@ -88,39 +113,52 @@ pub fn judge(r: &[ScenarioResult]) -> Vec<Verdict> {
     let lat = |m: &Measured| m.outcome.latency.summary();
     let at = top_rate(r, "s1");
     let rate = |p: &PhaseResult| p.phase.key.trim_start_matches("rate").to_owned();
-    let p50 = at.map(|p| (added(p, lat, |s| s.p50), rate(p)));
+    let p50 = at.map(|p| {
+        (
+            added(p, lat, |s| s.p50),
+            rate(p),
+            yardstick(p, lat, |s| s.p50),
+        )
+    });
     out.push(Verdict {
         target: "added latency at 2,000 req/s: p50 ≤ 0.25 ms",
         figure: p50
             .as_ref()
-            .map(|(x, r)| format!("+{x:.3} ms (at {r} req/s)")),
+            .map(|(x, r, y)| format!("+{x:.3} ms (at {r} req/s{y})")),
         met: p50
             .as_ref()
-            .filter(|(_, r)| r == "2000")
-            .map(|(x, _)| *x <= 0.25),
+            .filter(|(_, r, _)| r == "2000")
+            .map(|(x, _, _)| *x <= 0.25),
     });
-    let p99 = at.map(|p| (added(p, lat, |s| s.p99), rate(p)));
+    let p99 = at.map(|p| {
+        (
+            added(p, lat, |s| s.p99),
+            rate(p),
+            yardstick(p, lat, |s| s.p99),
+        )
+    });
     out.push(Verdict {
         target: "added latency at 2,000 req/s: p99 ≤ 0.8 ms",
         figure: p99
             .as_ref()
-            .map(|(x, r)| format!("+{x:.3} ms (at {r} req/s)")),
+            .map(|(x, r, y)| format!("+{x:.3} ms (at {r} req/s{y})")),
         met: p99
             .as_ref()
-            .filter(|(_, r)| r == "2000")
-            .map(|(x, _)| *x <= 0.8),
+            .filter(|(_, r, _)| r == "2000")
+            .map(|(x, _, _)| *x <= 0.8),
     });
     let ttfb = |m: &Measured| m.outcome.ttfb.summary();
     let st = top_rate(r, "s2").map(|p| {
         let own = p.median(Side::Tollgate, |m| own_ms(m, |s| s.p99));
-        (added(p, ttfb, |s| s.p99), rate(p), own)
+        let y = yardstick(p, ttfb, |s| s.p99);
+        (added(p, ttfb, |s| s.p99), rate(p), own, y)
     });
     out.push(Verdict {
         target: "added time to first byte on streams: p99 ≤ 0.5 ms",
-        figure: st.as_ref().map(|(x, r, own)| {
-            format!("+{x:.3} ms (at {r} streams/s; tollgate's own part of it, p99: {own:.3} ms)")
+        figure: st.as_ref().map(|(x, r, own, y)| {
+            format!("+{x:.3} ms (at {r} streams/s; tollgate's own part of it, p99: {own:.3} ms{y})")
         }),
-        met: st.as_ref().map(|(x, _, _)| *x <= 0.5),
+        met: st.as_ref().map(|(x, _, _, _)| *x <= 0.5),
     });
     let idle = phase(r, "s3-10000", "slow");
     let rss = idle.map(|p| {
