@@ -50,6 +50,36 @@ impl Proc {
         Ok(false)
     }
 
+    /// Waits until a GET of `path` on `addr` answers with a status `ok` accepts; fails when
+    /// the process exits first (with its log, read from `log`) or `within` runs out.
+    pub fn wait_ready(
+        &mut self,
+        addr: SocketAddr,
+        path: &str,
+        ok: impl Fn(u16) -> bool,
+        within: Duration,
+        log: &Path,
+    ) -> anyhow::Result<()> {
+        let deadline = Instant::now() + within;
+        loop {
+            if get_status(addr, path).is_ok_and(&ok) {
+                return Ok(());
+            }
+            if let Err(e) = self.check_alive() {
+                let log = std::fs::read_to_string(log).unwrap_or_default();
+                bail!("{e}; its log:\n{log}");
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{} did not become ready on {addr} within {} s",
+                    self.name,
+                    within.as_secs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Fails when the process has exited.
     pub fn check_alive(&mut self) -> anyhow::Result<()> {
         if let Some(c) = &mut self.child {
@@ -174,24 +204,9 @@ impl Tollgate {
             .stderr(log_file)
             .spawn()
             .with_context(|| format!("starting {}", self.bin.display()))?;
-        let mut proc = Proc {
-            name: "tollgate",
-            child: Some(child),
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if get_status(addr, "/readyz").is_ok_and(|s| s == 200) {
-                return Ok((proc, addr));
-            }
-            if let Err(e) = proc.check_alive() {
-                let log = std::fs::read_to_string(log).unwrap_or_default();
-                bail!("{e}; its log:\n{log}");
-            }
-            if Instant::now() > deadline {
-                bail!("tollgate did not become ready on {addr} within 30 s");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let mut proc = Proc::new("tollgate", child);
+        proc.wait_ready(addr, "/readyz", |s| s == 200, Duration::from_secs(30), log)?;
+        Ok((proc, addr))
     }
 
     /// A command for the binary with a clean environment: no configuration leaks in.
@@ -227,4 +242,47 @@ pub fn get_status(addr: SocketAddr, path: &str) -> anyhow::Result<u16> {
         .context("short status line")?
         .parse()
         .context("status code")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_server_that_exits_before_answering_fails_with_its_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("server.log");
+        let child = Command::new("sh")
+            .args(["-c", "echo 'bind: address in use' >&2; exit 3"])
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut proc = Proc::new("server", child);
+        let addr = free_port().unwrap();
+        let e = proc
+            .wait_ready(addr, "/", |_| true, Duration::from_secs(10), &log)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("server exited unexpectedly"), "{e}");
+        assert!(e.contains("bind: address in use"), "{e}");
+    }
+
+    #[test]
+    fn a_server_that_never_answers_times_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let child = Command::new("sleep").arg("30").spawn().unwrap();
+        let mut proc = Proc::new("sleeper", child);
+        let addr = free_port().unwrap();
+        let e = proc
+            .wait_ready(
+                addr,
+                "/",
+                |_| true,
+                Duration::from_millis(200),
+                &dir.path().join("none"),
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("sleeper did not become ready"), "{e}");
+    }
 }

@@ -1,12 +1,12 @@
 //! A bare reverse proxy (nginx) in tollgate's place, as a yardstick: what one more HTTP hop
 //! costs on this machine, so that tollgate's added latency can be told apart from it.
 
-use crate::procs::{free_port, get_status, Proc};
-use anyhow::{bail, Context};
+use crate::procs::{free_port, Proc};
+use anyhow::Context;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// nginx serving a forwarding-only configuration; stopped with SIGTERM when dropped.
 pub struct Nginx {
@@ -104,25 +104,19 @@ impl Nginx {
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;
         let mut proc = Proc::new("nginx", child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            // The mock answers any path; a 2xx or 4xx shows nginx is forwarding.
-            if get_status(addr, "/v1/models").is_ok() {
-                return Ok(Some(Self {
-                    proc,
-                    addr,
-                    version,
-                }));
-            }
-            if let Err(e) = proc.check_alive() {
-                let log = std::fs::read_to_string(dir.join("error.log")).unwrap_or_default();
-                bail!("{e}; its log:\n{log}");
-            }
-            if Instant::now() > deadline {
-                bail!("nginx did not answer on {addr} within 10 s");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        // The mock answers any path: any status shows nginx is forwarding.
+        proc.wait_ready(
+            addr,
+            "/v1/models",
+            |_| true,
+            Duration::from_secs(10),
+            &dir.join("error.log"),
+        )?;
+        Ok(Some(Self {
+            proc,
+            addr,
+            version,
+        }))
     }
 }
 

@@ -196,8 +196,9 @@ fn method(p: &Profile) -> String {
          direct one; ratios are tollgate ÷ direct.\n\
          - **Reference proxy.** In scenarios 1 and 2 every phase is also measured through \
          nginx (when installed) forwarding to the mock in tollgate's place, right after \
-         tollgate: a hop that does no work of its own, so its added latency is the part of \
-         tollgate's that any extra HTTP hop costs on this machine.\n\
+         tollgate: a worker per core, keep-alive connections to the mock, no buffering, \
+         TCP_NODELAY, no access log. That hop does no work of its own, so its added latency \
+         is the part of tollgate's that any extra HTTP hop costs on this machine.\n\
          - **tollgate's own time** is read from each reply's `Server-Timing` header: \
          `gateway` is the time from the request's arrival to the reply's head less the time \
          spent waiting for the upstream (for a stream, until its first event), so it leaves \
