@@ -18,6 +18,8 @@ pub enum Error {
     KeyLimitReached { period: &'static str },
     #[error("{0}")]
     ScopeForbidden(String),
+    #[error("This account is suspended: its keys cannot be used. Contact the operator of this deployment to have it reinstated.")]
+    AccountSuspended,
     #[error("The model `{0}` does not exist or is not available. GET /v1/models lists the models you can call.")]
     ModelNotFound(String),
     #[error("Free-tier limit: You've reached your free limit for the hour. Add a billing method to continue without hourly limits, or retry in {retry_after} seconds.")]

@@ -7,7 +7,9 @@
 //! - [`money`], [`catalog`]: integer credits, prices and models.
 //! - [`store`]: the storage traits (holds, settlement, ledger) that `tollgate-store` implements.
 //! - [`relay`]: the orchestrator: admit → hold → upstream → settle → log.
-//! - [`usage`]: the batched usage-log writer.
+//! - [`usage`]: the usage-log row each settlement writes.
+//! - [`metrics`], [`throttle`]: counters for `/metrics`, and log lines an upstream could
+//!   otherwise repeat on every request.
 //! - [`service`]: account actions (sign-up, keys, cards, grants) shared by the CLI and the API.
 //! - [`payments`]: payment providers (the offline sandbox).
 
@@ -16,6 +18,7 @@ pub mod catalog;
 pub mod error;
 pub mod ids;
 pub mod keys;
+pub mod metrics;
 pub mod money;
 pub mod payments;
 pub mod policy;
@@ -23,6 +26,7 @@ pub mod relay;
 pub mod service;
 pub mod settings;
 pub mod store;
+pub mod throttle;
 pub mod usage;
 
 pub use error::Error;

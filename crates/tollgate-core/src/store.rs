@@ -3,7 +3,7 @@
 use crate::accounts::Account;
 use crate::keys::{ApiKey, KeyKind, SpendLimit};
 use crate::money::Credits;
-use crate::usage::UsageRecord;
+use crate::usage::{ChargeCap, UsageRecord};
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 use std::sync::Arc;
@@ -84,14 +84,14 @@ impl LedgerWrite {
     /// The `MODEL_USAGE` charge for a settlement, keyed by its inference id.
     pub fn model_usage(s: &Settlement, charge: Credits) -> Self {
         Self {
-            account_id: s.account_id.clone(),
+            account_id: s.row.account_id.clone(),
             direction: Direction::Charge,
             kind: EntryType::ModelUsage,
             amount: charge,
-            model: Some(s.model.clone()),
-            reference_id: Some(s.hold_id.clone()),
+            model: Some(s.row.model.clone()),
+            reference_id: Some(s.row.inference_id.clone()),
             description: None,
-            idempotency_key: format!("usage:{}", s.hold_id),
+            idempotency_key: format!("usage:{}", s.row.inference_id),
         }
     }
 
@@ -195,27 +195,81 @@ pub enum HoldError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Hold {
     pub amount: Credits,
+    /// The key's spending period the hold counts in (when the key has a limit): the later of
+    /// the stored period and the one the request's clock named, so it never moves backwards.
+    /// The settlement attributes its charge to this period.
+    pub key_period: Option<DateTime<Utc>>,
 }
 
-/// The charge for a finished request, applied with the hold's release in one step.
+/// The charge for a finished request, applied with the hold's release and the request's log
+/// row in one step. Settled once per inference id (the row's key): a retry changes nothing.
 #[derive(Debug, Clone)]
 pub struct Settlement {
-    pub hold_id: String,
-    pub account_id: String,
+    /// What to charge; the store takes less when the account cannot pay it without taking
+    /// credits other holds reserved (and says so in the row's `capped`).
     pub charge: Credits,
-    pub model: String,
-    /// The key's current period start (when it has a limit).
+    /// The hold's key period ([`Hold::key_period`]); `Some` exactly when the key has a limit.
     pub key_period_start: Option<DateTime<Utc>>,
+    /// The request's log row; the store sets its `credits` (and `capped`) to what it charged.
+    pub row: UsageRecord,
+}
+
+impl Settlement {
+    /// The hold's id: the request's inference id.
+    pub fn hold_id(&self) -> &str {
+        &self.row.inference_id
+    }
+
+    pub fn account_id(&self) -> &str {
+        &self.row.account_id
+    }
+
+    /// The row's `capped` when the store charges `charged`: the balance capped it when that
+    /// is less than asked.
+    pub fn cap_for(&self, charged: i64) -> Option<ChargeCap> {
+        if charged < self.charge.0 {
+            Some(ChargeCap::Balance)
+        } else {
+            self.row.capped
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Settled {
     /// The hold was released and this much charged (never below zero balance).
     Charged(Credits),
-    /// Already settled earlier (idempotent retry).
-    AlreadySettled,
-    /// No hold: it was released by its lease or a restart; nothing charged.
-    HoldGone,
+    /// Settled earlier (a retry): this much was charged then.
+    AlreadySettled(Credits),
+    /// The hold was gone (released by its lease or a restart while the request still ran):
+    /// this much was charged from the request's own record, as far as the credits no live
+    /// hold reserves allowed. The caller reports it as an error.
+    ChargedWithoutHold(Credits),
+}
+
+impl Settled {
+    /// What the request was charged.
+    pub fn credits(self) -> Credits {
+        match self {
+            Self::Charged(c) | Self::AlreadySettled(c) | Self::ChargedWithoutHold(c) => c,
+        }
+    }
+}
+
+/// A settled request as the ledger check audits it: its log row's units and charge beside
+/// the ledger's `MODEL_USAGE` amount for the same inference id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChargedRow {
+    pub inference_id: String,
+    pub model: String,
+    pub succeeded: bool,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub cached_tokens: u64,
+    pub credits: Credits,
+    pub capped: Option<ChargeCap>,
+    /// The `MODEL_USAGE` entry's amount, zero when there is none.
+    pub ledger: Credits,
 }
 
 /// An account whose books disagree.
@@ -305,11 +359,25 @@ pub trait Store: Send + Sync + 'static {
             })
         })
     }
-    /// Called once by a node before it serves: a store that only one process may serve from
-    /// (SQLite) takes its lock here and fails when another process holds it.
-    async fn claim_serving(&self) -> Result<(), StoreError> {
-        Ok(())
+    /// Called once by a node before it serves, with its node id: the store makes sure no
+    /// other live process serves under that id (SQLite: no other process serves the file at
+    /// all) and fails when one does, so that releasing the id's holds at start
+    /// ([`Store::release_node_holds`]) can only release holds of a process that is gone.
+    async fn claim_serving(&self, node_id: &str) -> Result<(), StoreError>;
+    /// Where an operator command must go to see the live holds: `None` when this process can
+    /// act on the database itself (it then keeps any serving process out until it is done);
+    /// else the serving process's control socket.
+    async fn operator_access(&self) -> Result<OperatorAccess, StoreError> {
+        Ok(OperatorAccess::Direct)
     }
+    /// The socket a serving process listens on for operator commands, where the store keeps
+    /// live holds in that process's memory (SQLite); `None` when the database holds them.
+    fn control_socket(&self) -> Option<std::path::PathBuf> {
+        None
+    }
+    /// Moves the lease of each live hold named in `ids` to `until` (holds of requests still
+    /// running are never reaped); ids of settled holds are ignored.
+    async fn renew_leases(&self, ids: &[String], until: DateTime<Utc>) -> Result<(), StoreError>;
     /// Releases every hold owned by `node_id` (a restarting node); returns how many.
     async fn release_node_holds(&self, node_id: &str) -> Result<u64, StoreError>;
     /// Releases every hold whose lease ended before `now`; returns how many.
@@ -317,5 +385,23 @@ pub trait Store: Send + Sync + 'static {
     /// Every account whose balance differs from its ledger or whose holds disagree or are expired.
     async fn ledger_check(&self, now: DateTime<Utc>) -> Result<Vec<Discrepancy>, StoreError>;
 
-    async fn record_usage(&self, rows: &[UsageRecord]) -> Result<(), StoreError>;
+    /// Up to `limit` usage rows ordered by inference id, starting after `after`, each with
+    /// the ledger's `MODEL_USAGE` amount for it.
+    async fn charged_rows(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<ChargedRow>, StoreError>;
+    /// Inference ids of `MODEL_USAGE` entries that have no usage row (at most `limit`).
+    async fn charges_without_row(&self, limit: u32) -> Result<Vec<String>, StoreError>;
+}
+
+/// How an operator command reaches the live holds ([`Store::operator_access`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OperatorAccess {
+    /// Act on the database directly: it holds every live hold, or no process serves it.
+    Direct,
+    /// A running server keeps the live holds in its memory: send the command to it, at this
+    /// socket.
+    Server(std::path::PathBuf),
 }

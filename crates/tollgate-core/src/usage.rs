@@ -1,11 +1,8 @@
-//! Usage log rows and the batched writer that keeps them off the hot path.
+//! Usage log rows: one per request that held credits, written by its settlement in the same
+//! transaction as its charge, so the logs and the ledger cannot disagree after a crash.
 
 use crate::money::Credits;
-use crate::store::Store;
 use chrono::{DateTime, Utc};
-use std::sync::Arc;
-use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
 
 /// Outcome of a request as the logs show it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,6 +20,34 @@ impl UsageStatus {
     }
 }
 
+/// Why a charge is below the price of the units the row records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChargeCap {
+    /// The cost was above the hold and the upstream did not report more output than it was
+    /// allowed (a prompt longer than the local count, or a local estimate): the hold was
+    /// charged.
+    Hold,
+    /// The account could not pay more without taking credits that other holds reserved.
+    Balance,
+}
+
+impl ChargeCap {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Hold => "hold",
+            Self::Balance => "balance",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "hold" => Some(Self::Hold),
+            "balance" => Some(Self::Balance),
+            _ => None,
+        }
+    }
+}
+
 /// One request's log row.
 #[derive(Debug, Clone)]
 pub struct UsageRecord {
@@ -32,92 +57,20 @@ pub struct UsageRecord {
     pub account_id: String,
     pub key_id: String,
     pub model: String,
+    /// The provider that served the request (the last one tried when none answered).
+    pub provider: Option<String>,
     pub status: UsageStatus,
     pub origin: &'static str,
     pub error_code: Option<&'static str>,
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
     pub cached_tokens: u64,
+    /// What was charged: set by the settlement that writes the row.
     pub credits: Credits,
+    /// Set when `credits` is less than the units' price.
+    pub capped: Option<ChargeCap>,
     pub stream: bool,
     pub duration_ms: u64,
     pub ttft_ms: Option<u64>,
     pub created_at: DateTime<Utc>,
-}
-
-/// Most rows written in one batch.
-const BATCH: usize = 512;
-
-/// Sends rows to a background task that writes them in batches.
-#[derive(Clone)]
-pub struct UsageWriter {
-    tx: mpsc::UnboundedSender<UsageRecord>,
-}
-
-impl UsageWriter {
-    /// Starts the writer on a thread of its own, so that writing a batch never holds up a
-    /// server worker's requests. The returned receiver answers once every sender is dropped
-    /// and the last rows are written; it fails if the writer thread panicked.
-    pub fn start(
-        store: Arc<dyn Store>,
-        flush_every: Duration,
-    ) -> std::io::Result<(Self, oneshot::Receiver<()>)> {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let (done_tx, done) = oneshot::channel();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        std::thread::Builder::new()
-            .name("tollgate-usage".into())
-            .spawn(move || {
-                runtime.block_on(run(store, rx, flush_every));
-                let _ = done_tx.send(());
-            })?;
-        Ok((Self { tx }, done))
-    }
-
-    pub fn record(&self, row: UsageRecord) {
-        if let Err(e) = self.tx.send(row) {
-            tracing::error!(inference_id = %e.0.inference_id, "usage writer stopped; row lost");
-        }
-    }
-}
-
-async fn run(
-    store: Arc<dyn Store>,
-    mut rx: mpsc::UnboundedReceiver<UsageRecord>,
-    flush_every: Duration,
-) {
-    let mut batch = Vec::with_capacity(BATCH);
-    loop {
-        let n = rx.recv_many(&mut batch, BATCH).await;
-        if n == 0 {
-            return;
-        }
-        if batch.len() < BATCH {
-            // Let a burst gather into one write.
-            tokio::time::sleep(flush_every).await;
-            while batch.len() < BATCH {
-                match rx.try_recv() {
-                    Ok(row) => batch.push(row),
-                    Err(_) => break,
-                }
-            }
-        }
-        write(&*store, &batch).await;
-        batch.clear();
-    }
-}
-
-async fn write(store: &dyn Store, batch: &[UsageRecord]) {
-    for attempt in 1..=5u32 {
-        match store.record_usage(batch).await {
-            Ok(()) => return,
-            Err(e) => {
-                tracing::warn!(error = %e, attempt, rows = batch.len(), "usage log write failed");
-                tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt))).await;
-            }
-        }
-    }
-    tracing::error!(rows = batch.len(), "usage log rows dropped after retries");
 }

@@ -72,6 +72,9 @@ impl ApiError {
                 Error::ScopeForbidden(_) => {
                     (S::FORBIDDEN, "permission_error", "scope_forbidden", None)
                 }
+                Error::AccountSuspended => {
+                    (S::FORBIDDEN, "permission_error", "account_suspended", None)
+                }
                 Error::ModelNotFound(_) => {
                     (S::NOT_FOUND, "not_found_error", "model_not_found", None)
                 }

@@ -104,17 +104,20 @@ impl Server {
     }
 
     /// Stops accepting and lets open connections finish their in-flight requests for up to
-    /// `grace`; then drops the rest. Returns whether every connection finished in time.
+    /// `grace`. Returns whether every connection finished in time; if not, [`Server::cut`]
+    /// drops the rest.
     pub async fn drain(&mut self, grace: Duration) -> bool {
         self.phase.send_replace(Phase::Draining);
-        let clean = tokio::time::timeout(grace, self.wait_finished())
+        tokio::time::timeout(grace, self.wait_finished())
             .await
-            .is_ok();
-        if !clean {
-            self.phase.send_replace(Phase::Cut);
-            self.wait_finished().await;
-        }
-        clean
+            .is_ok()
+    }
+
+    /// Drops the connections still open after [`Server::drain`] (their requests settle for
+    /// what was delivered) and waits until they are gone.
+    pub async fn cut(&mut self) {
+        self.phase.send_replace(Phase::Cut);
+        self.wait_finished().await;
     }
 
     /// Stops the worker threads; call once settlements have finished.

@@ -6,13 +6,13 @@ use std::time::Duration;
 use tollgate_protocol::openai::chunk::Chunk;
 use tollgate_protocol::openai::ChatCompletion;
 
-/// Limits on one upstream call.
+/// Limits on a request's upstream calls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timeouts {
     pub connect: Duration,
-    /// Until the response headers (non-stream) or the first event (stream).
+    /// Until the response headers (non-stream) or the first event (stream), per attempt.
     pub first_byte: Duration,
-    /// For the whole call, stream included.
+    /// For the whole request: every attempt, stream included.
     pub total: Duration,
 }
 
@@ -23,6 +23,9 @@ pub struct ChatCall {
     pub body: Vec<u8>,
     pub stream: bool,
     pub timeouts: Timeouts,
+    /// When the request's time is up (its total timeout from its arrival, across every
+    /// attempt): the call, stream included, must end by then.
+    pub deadline: tokio::time::Instant,
 }
 
 /// A stream of OpenAI `chat.completion.chunk` objects; it ends after the upstream's `[DONE]`

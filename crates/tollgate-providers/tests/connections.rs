@@ -29,6 +29,7 @@ fn ask(stream: bool) -> ChatCall {
             first_byte: Duration::from_secs(2),
             total: Duration::from_secs(5),
         },
+        deadline: tokio::time::Instant::now() + Duration::from_secs(5),
     }
 }
 

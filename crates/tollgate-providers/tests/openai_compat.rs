@@ -37,6 +37,7 @@ fn call(stream: bool) -> ChatCall {
         body: serde_json::to_vec(&body).unwrap(),
         stream,
         timeouts,
+        deadline: tokio::time::Instant::now() + TOTAL,
     }
 }
 

@@ -1,6 +1,8 @@
 //! The PostgreSQL store, shared by any number of tollgate nodes; rows touched by money
 //! movements are locked with `FOR UPDATE` inside short transactions.
 
+mod node_claim;
+
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 use std::str::FromStr;
@@ -9,6 +11,7 @@ use std::time::Duration;
 pub struct PgStore {
     pub(crate) write: PgPool,
     pub(crate) read: PgPool,
+    claim: node_claim::NodeClaim,
 }
 
 impl PgStore {
@@ -18,25 +21,29 @@ impl PgStore {
         let pool = PgPoolOptions::new()
             .max_connections(32)
             .acquire_timeout(Duration::from_secs(30))
-            .connect_with(options)
+            .connect_with(options.clone())
             .await?;
         sqlx::migrate!("./migrations/postgres").run(&pool).await?;
         Ok(Self {
             write: pool.clone(),
             read: pool,
+            claim: node_claim::NodeClaim::new(options),
         })
     }
 }
 
 use crate::reserve::{self, KeyRoom, HOUR_MS};
-use crate::rows::{kind, limit, millis, scopes, time, unique_subject, LEDGER_CHECK_SQL};
+use crate::rows::{
+    kind, limit, millis, scopes, time, unique_subject, CHARGED_ROWS_SQL, CHARGES_WITHOUT_ROW_SQL,
+    LEDGER_CHECK_SQL,
+};
 use chrono::{DateTime, Utc};
 use sqlx::Row;
 use tollgate_core::accounts::Account;
 use tollgate_core::keys::ApiKey;
 use tollgate_core::money::Credits;
 use tollgate_core::store::*;
-use tollgate_core::usage::UsageRecord;
+use tollgate_core::usage::{ChargeCap, UsageRecord};
 
 type Tx = sqlx::Transaction<'static, sqlx::Postgres>;
 
@@ -414,34 +421,35 @@ impl Store for PgStore {
                 .await
                 .map_err(db)?;
         }
-        let key = match req.key_limit {
-            None => None,
+        let (key, key_period) = match req.key_limit {
+            None => (None, None),
             Some((limit, start)) => {
                 let row = sqlx::query("SELECT limit_period_start, limit_spent, held FROM api_keys WHERE id = $1 FOR UPDATE")
                     .bind(&req.key_id)
                     .fetch_one(&mut *tx)
                     .await
                     .map_err(db)?;
-                let period: i64 = row.try_get("limit_period_start").map_err(db)?;
-                let spent: i64 = if period == millis(start) {
-                    row.try_get("limit_spent").map_err(db)?
-                } else {
-                    0
-                };
-                Some(KeyRoom {
+                let (period, spent) = reserve::key_period(
+                    row.try_get("limit_period_start").map_err(db)?,
+                    row.try_get("limit_spent").map_err(db)?,
+                    millis(start),
+                );
+                let room = KeyRoom {
                     threshold: limit.threshold.0,
                     spent,
                     held: row.try_get::<i64, _>("held").map_err(db)?,
-                })
+                };
+                (Some(room), Some((period, spent)))
             }
         };
         let reserve = reserve::amount(balance, held, key, req.min, req.max)?;
-        if let Some((_, start)) = req.key_limit {
+        if let Some((period, spent)) = key_period {
             sqlx::query(
-                "UPDATE api_keys SET held = held + $1, limit_spent = CASE WHEN limit_period_start = $2 THEN limit_spent ELSE 0 END, limit_period_start = $2 WHERE id = $3",
+                "UPDATE api_keys SET held = held + $1, limit_spent = $2, limit_period_start = $3 WHERE id = $4",
             )
             .bind(reserve)
-            .bind(millis(start))
+            .bind(spent)
+            .bind(period)
             .bind(&req.key_id)
             .execute(&mut *tx)
             .await
@@ -472,6 +480,7 @@ impl Store for PgStore {
         tx.commit().await.map_err(db)?;
         Ok(Hold {
             amount: Credits(reserve),
+            key_period: key_period.map(|(period, _)| time(period)),
         })
     }
 
@@ -480,50 +489,70 @@ impl Store for PgStore {
         let mut tx = self.begin().await?;
         let hold =
             sqlx::query("DELETE FROM holds WHERE id = $1 RETURNING key_id, key_limited, amount")
-                .bind(&s.hold_id)
+                .bind(s.hold_id())
                 .fetch_optional(&mut *tx)
                 .await
                 .map_err(db)?;
-        let Some(hold) = hold else {
-            let done: Option<i64> =
-                sqlx::query_scalar("SELECT id FROM ledger WHERE idempotency_key = $1")
-                    .bind(format!("usage:{}", s.hold_id))
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(db)?;
-            tx.rollback().await.map_err(db)?;
-            return Ok(if done.is_some() {
-                Settled::AlreadySettled
-            } else {
-                Settled::HoldGone
-            });
+        let (amount, limited_key) = match &hold {
+            Some(hold) => {
+                let key_id: String = hold.try_get("key_id").map_err(db)?;
+                let limited: bool = hold.try_get("key_limited").map_err(db)?;
+                let amount: i64 = hold.try_get("amount").map_err(db)?;
+                (amount, limited.then_some(key_id))
+            }
+            None => {
+                // Settled before (a retry whose first try committed), or the hold is gone.
+                let done: Option<i64> =
+                    sqlx::query_scalar("SELECT credits FROM usage_logs WHERE inference_id = $1")
+                        .bind(s.hold_id())
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(db)?;
+                if let Some(charged) = done {
+                    tx.rollback().await.map_err(db)?;
+                    return Ok(Settled::AlreadySettled(Credits(charged)));
+                }
+                (0, s.key_period_start.map(|_| s.row.key_id.clone()))
+            }
         };
-        let key_id: String = hold.try_get("key_id").map_err(db)?;
-        let key_limited: bool = hold.try_get("key_limited").map_err(db)?;
-        let amount: i64 = hold.try_get("amount").map_err(db)?;
         let row = sqlx::query("SELECT balance, held FROM accounts WHERE id = $1 FOR UPDATE")
-            .bind(&s.account_id)
-            .fetch_one(&mut *tx)
+            .bind(s.account_id())
+            .fetch_optional(&mut *tx)
             .await
-            .map_err(db)?;
+            .map_err(db)?
+            .ok_or(StoreError::NotFound("account"))?;
         let balance: i64 = row.try_get("balance").map_err(db)?;
         let held: i64 = row.try_get("held").map_err(db)?;
         let charge = reserve::charge(s.charge, balance, held, amount);
-        sqlx::query("UPDATE accounts SET held = held - $1 WHERE id = $2")
-            .bind(amount)
-            .bind(&s.account_id)
-            .execute(&mut *tx)
+        if amount > 0 {
+            sqlx::query("UPDATE accounts SET held = held - $1 WHERE id = $2")
+                .bind(amount)
+                .bind(s.account_id())
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+        }
+        if let Some(key_id) = &limited_key {
+            let key = sqlx::query(
+                "SELECT limit_period_start, limit_spent FROM api_keys WHERE id = $1 FOR UPDATE",
+            )
+            .bind(key_id)
+            .fetch_one(&mut *tx)
             .await
             .map_err(db)?;
-        if key_limited {
-            let start = s.key_period_start.map(millis).unwrap_or(0);
+            let (period, spent) = reserve::key_spend_after(
+                key.try_get("limit_period_start").map_err(db)?,
+                key.try_get("limit_spent").map_err(db)?,
+                s.key_period_start.map_or(0, millis),
+                charge,
+            );
             sqlx::query(
-                "UPDATE api_keys SET held = held - $1, limit_spent = CASE WHEN limit_period_start = $2 THEN limit_spent + $3 ELSE $3 END, limit_period_start = $2 WHERE id = $4",
+                "UPDATE api_keys SET held = held - $1, limit_spent = $2, limit_period_start = $3 WHERE id = $4",
             )
-            .bind(amount)
-            .bind(start)
-            .bind(charge)
-            .bind(&key_id)
+            .bind(if hold.is_some() { amount } else { 0 })
+            .bind(spent)
+            .bind(period)
+            .bind(key_id)
             .execute(&mut *tx)
             .await
             .map_err(db)?;
@@ -532,11 +561,20 @@ impl Store for PgStore {
             let entry = LedgerWrite::model_usage(&s, Credits(charge));
             if append(&mut tx, &entry, now).await?.is_none() {
                 tx.rollback().await.map_err(db)?;
-                return Ok(Settled::AlreadySettled);
+                return Ok(Settled::AlreadySettled(Credits(charge)));
             }
         }
+        if !insert_usage(&mut tx, &s.row, charge, s.cap_for(charge)).await? {
+            // Another node settled it a moment ago, without a charge.
+            tx.rollback().await.map_err(db)?;
+            return Ok(Settled::AlreadySettled(Credits(charge)));
+        }
         tx.commit().await.map_err(db)?;
-        Ok(Settled::Charged(Credits(charge)))
+        Ok(if hold.is_some() {
+            Settled::Charged(Credits(charge))
+        } else {
+            Settled::ChargedWithoutHold(Credits(charge))
+        })
     }
 
     async fn release_node_holds(&self, node_id: &str) -> Result<u64, StoreError> {
@@ -577,43 +615,106 @@ impl Store for PgStore {
         Ok(out)
     }
 
-    async fn record_usage(&self, rows: &[UsageRecord]) -> Result<(), StoreError> {
-        let mut tx = self.begin().await?;
-        for r in rows {
+    async fn claim_serving(&self, node_id: &str) -> Result<(), StoreError> {
+        self.claim.claim(node_id).await
+    }
+
+    async fn renew_leases(&self, ids: &[String], until: DateTime<Utc>) -> Result<(), StoreError> {
+        for chunk in ids.chunks(10_000) {
             sqlx::query(
-                "INSERT INTO usage_logs (inference_id, request_id, client_request_id, account_id, key_id, model, status, origin, error_code,
-                    prompt_tokens, completion_tokens, cached_tokens, credits, stream, duration_ms, ttft_ms, created_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
-                 ON CONFLICT (inference_id) DO NOTHING",
+                "UPDATE holds SET lease_until = GREATEST(lease_until, $1) WHERE id = ANY($2)",
             )
-            .bind(&r.inference_id)
-            .bind(&r.request_id)
-            .bind(&r.client_request_id)
-            .bind(&r.account_id)
-            .bind(&r.key_id)
-            .bind(&r.model)
-            .bind(r.status.as_str())
-            .bind(r.origin)
-            .bind(r.error_code)
-            .bind(i64::try_from(r.prompt_tokens).unwrap_or(i64::MAX))
-            .bind(i64::try_from(r.completion_tokens).unwrap_or(i64::MAX))
-            .bind(i64::try_from(r.cached_tokens).unwrap_or(i64::MAX))
-            .bind(r.credits.0)
-            .bind(r.stream)
-            .bind(i64::try_from(r.duration_ms).unwrap_or(i64::MAX))
-            .bind(r.ttft_ms.map(|t| i64::try_from(t).unwrap_or(i64::MAX)))
-            .bind(millis(r.created_at))
-            .execute(&mut *tx)
+            .bind(millis(until))
+            .bind(chunk)
+            .execute(&self.write)
             .await
             .map_err(db)?;
-            sqlx::query("UPDATE api_keys SET last_used_at = $1 WHERE id = $2 AND (last_used_at IS NULL OR last_used_at < $1)")
-                .bind(millis(r.created_at))
-                .bind(&r.key_id)
-                .execute(&mut *tx)
-                .await
-                .map_err(db)?;
         }
-        tx.commit().await.map_err(db)?;
         Ok(())
     }
+
+    async fn charged_rows(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<ChargedRow>, StoreError> {
+        let rows = sqlx::query(CHARGED_ROWS_SQL)
+            .bind(after.unwrap_or_default())
+            .bind(i64::from(limit))
+            .fetch_all(&self.read)
+            .await
+            .map_err(db)?;
+        rows.iter()
+            .map(|r| {
+                let int = |c: &str| {
+                    r.try_get::<i64, _>(c)
+                        .map(|v| u64::try_from(v).unwrap_or(0))
+                };
+                Ok(ChargedRow {
+                    inference_id: r.try_get("inference_id")?,
+                    model: r.try_get("model")?,
+                    succeeded: r.try_get::<String, _>("status")? == "succeeded",
+                    prompt_tokens: int("prompt_tokens")?,
+                    completion_tokens: int("completion_tokens")?,
+                    cached_tokens: int("cached_tokens")?,
+                    credits: Credits(r.try_get("credits")?),
+                    capped: r
+                        .try_get::<Option<String>, _>("charge_capped")?
+                        .as_deref()
+                        .and_then(ChargeCap::parse),
+                    ledger: Credits(r.try_get("ledger")?),
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(db)
+    }
+
+    async fn charges_without_row(&self, limit: u32) -> Result<Vec<String>, StoreError> {
+        sqlx::query_scalar(CHARGES_WITHOUT_ROW_SQL)
+            .bind(i64::from(limit))
+            .fetch_all(&self.read)
+            .await
+            .map_err(db)
+    }
+}
+
+/// Writes a settlement's usage row with what it charged inside `tx`; `false` when the row
+/// already exists.
+async fn insert_usage(
+    tx: &mut Tx,
+    r: &UsageRecord,
+    credits: i64,
+    capped: Option<ChargeCap>,
+) -> Result<bool, StoreError> {
+    let int = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    let inserted = sqlx::query(
+        "INSERT INTO usage_logs (inference_id, request_id, client_request_id, account_id, key_id, model, provider, status, origin, error_code,
+            prompt_tokens, completion_tokens, cached_tokens, credits, charge_capped, stream, duration_ms, ttft_ms, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)
+         ON CONFLICT (inference_id) DO NOTHING",
+    )
+    .bind(&r.inference_id)
+    .bind(&r.request_id)
+    .bind(&r.client_request_id)
+    .bind(&r.account_id)
+    .bind(&r.key_id)
+    .bind(&r.model)
+    .bind(&r.provider)
+    .bind(r.status.as_str())
+    .bind(r.origin)
+    .bind(r.error_code)
+    .bind(int(r.prompt_tokens))
+    .bind(int(r.completion_tokens))
+    .bind(int(r.cached_tokens))
+    .bind(credits)
+    .bind(capped.map(ChargeCap::as_str))
+    .bind(r.stream)
+    .bind(int(r.duration_ms))
+    .bind(r.ttft_ms.map(int))
+    .bind(millis(r.created_at))
+    .execute(&mut **tx)
+    .await
+    .map_err(db)?
+    .rows_affected();
+    Ok(inserted == 1)
 }

@@ -26,6 +26,33 @@ pub(crate) fn free_tier(
     Ok(())
 }
 
+/// The key's current period and what was spent in it, from the stored period and the one the
+/// request's clock names: the later wins, so a node whose clock is behind never takes the
+/// period back (and never resets the spending of the period the database has moved to).
+pub(crate) fn key_period(stored_start: i64, stored_spent: i64, clock_start: i64) -> (i64, i64) {
+    if stored_start >= clock_start {
+        (stored_start, stored_spent)
+    } else {
+        (clock_start, 0)
+    }
+}
+
+/// The key's stored `(period, spent)` after a charge that counts in `hold_period`: a later
+/// period starts over with the charge; the stored period adds it; an earlier period (the
+/// charge of a request held before the period turned) is over and is left as it is.
+pub(crate) fn key_spend_after(
+    stored_start: i64,
+    stored_spent: i64,
+    hold_period: i64,
+    charge: i64,
+) -> (i64, i64) {
+    match hold_period.cmp(&stored_start) {
+        std::cmp::Ordering::Greater => (hold_period, charge),
+        std::cmp::Ordering::Equal => (stored_start, stored_spent + charge),
+        std::cmp::Ordering::Less => (stored_start, stored_spent),
+    }
+}
+
 /// A key's limit state in its current period.
 pub(crate) struct KeyRoom {
     pub threshold: i64,
@@ -62,7 +89,8 @@ pub(crate) fn amount(
 }
 
 /// What settlement actually charges: the requested charge, never taking the balance below
-/// what the account's other holds need.
+/// what the account's other holds need. A settlement whose hold is gone passes
+/// `hold_amount` 0: it takes only credits no live hold reserves.
 pub(crate) fn charge(requested: Credits, balance: i64, held: i64, hold_amount: i64) -> i64 {
     requested
         .0
@@ -113,6 +141,19 @@ mod tests {
         assert_eq!(charge(Credits(5000), 1000, 300, 300), 1000);
         assert_eq!(charge(Credits(5000), 1000, 500, 300), 800);
         assert_eq!(charge(Credits(-5), 1000, 0, 0), 0);
+    }
+
+    #[test]
+    fn key_periods_never_move_backwards() {
+        // The clock names a later period: it starts empty.
+        assert_eq!(key_period(100, 70, 200), (200, 0));
+        // The same period, or a clock behind the stored one: the stored spending counts.
+        assert_eq!(key_period(200, 70, 200), (200, 70));
+        assert_eq!(key_period(200, 70, 100), (200, 70));
+        // Settling into a later, the same, and an earlier period.
+        assert_eq!(key_spend_after(100, 70, 200, 5), (200, 5));
+        assert_eq!(key_spend_after(200, 70, 200, 5), (200, 75));
+        assert_eq!(key_spend_after(200, 70, 100, 5), (200, 70));
     }
 
     #[test]

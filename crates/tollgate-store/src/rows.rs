@@ -50,3 +50,14 @@ pub(crate) const LEDGER_CHECK_SQL: &str = "SELECT a.id, a.email, a.balance, a.he
     CAST(COALESCE((SELECT SUM(h.amount) FROM holds h WHERE h.account_id = a.id), 0) AS BIGINT) AS holds_sum,
     (SELECT COUNT(*) FROM holds h WHERE h.account_id = a.id AND h.lease_until < $1) AS expired
  FROM accounts a ORDER BY a.email";
+
+/// Usage rows after `$1` in inference-id order (at most `$2`), each with the ledger's
+/// `MODEL_USAGE` amount for it (0 when there is none).
+pub(crate) const CHARGED_ROWS_SQL: &str = "SELECT u.inference_id, u.model, u.status, u.prompt_tokens, u.completion_tokens, u.cached_tokens, u.credits, u.charge_capped,
+    CAST(COALESCE((SELECT l.amount FROM ledger l WHERE l.idempotency_key = 'usage:' || u.inference_id), 0) AS BIGINT) AS ledger
+ FROM usage_logs u WHERE u.inference_id > $1 ORDER BY u.inference_id LIMIT $2";
+
+/// `MODEL_USAGE` entries without a usage row (at most `$1`).
+pub(crate) const CHARGES_WITHOUT_ROW_SQL: &str = "SELECT COALESCE(l.reference_id, l.idempotency_key) FROM ledger l
+ WHERE l.type = 'MODEL_USAGE' AND NOT EXISTS (SELECT 1 FROM usage_logs u WHERE u.inference_id = l.reference_id)
+ ORDER BY l.id LIMIT $1";

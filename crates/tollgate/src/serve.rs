@@ -4,8 +4,8 @@ use crate::config::Config;
 use crate::wiring;
 use std::time::Duration;
 use tokio_util::task::TaskTracker;
+use tollgate_core::metrics::Metrics;
 use tollgate_core::relay::Relay;
-use tollgate_core::usage::UsageWriter;
 use tollgate_http::AppState;
 
 pub async fn run(mut config: Config) -> anyhow::Result<()> {
@@ -15,7 +15,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     config.settings.node_id = crate::config::node_id_for(&config.settings.node_id, addr.port());
     let store = wiring::store(&config).await?;
-    store.claim_serving().await?;
+    store.claim_serving(&config.settings.node_id).await?;
     let released = store.release_node_holds(&config.settings.node_id).await?;
     if released > 0 {
         tracing::warn!(released, node = %config.settings.node_id, "released holds left by this node's previous run (nothing charged)");
@@ -23,18 +23,19 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     let registry = wiring::providers(&config)?;
     let catalog = wiring::catalog(&config, &registry)?;
     tracing::info!(models = catalog.models().len(), "catalogue loaded");
-    let (usage, usage_task) = UsageWriter::start(store.clone(), config.usage_flush)?;
     let tasks = TaskTracker::new();
+    let metrics = std::sync::Arc::new(Metrics::default());
     let relay = Relay::new(
         store.clone(),
         std::sync::Arc::new(catalog),
         registry,
-        usage,
         config.settings.clone(),
         tasks.clone(),
+        metrics.clone(),
     );
+    let leases = tokio::spawn(relay.clone().keep_leases());
     let accounts = wiring::accounts(&config, store.clone());
-    let app = tollgate_http::router(AppState::new(relay, accounts, config.body_limit));
+    let app = tollgate_http::router(AppState::new(relay.clone(), accounts, config.body_limit));
 
     let reaper = tokio::spawn(reap(store.clone(), config.reaper_interval));
     let mut server = tollgate_http::server::Server::start(listener, app, config.threads)?;
@@ -42,7 +43,9 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     shutdown_signal().await;
     tracing::info!(grace = ?config.shutdown_grace, "shutting down: no new connections; finishing in-flight requests");
     if !server.drain(config.shutdown_grace).await {
-        tracing::warn!("grace period over; remaining connections were cut (their holds are released or charged for what was delivered)");
+        tracing::warn!("grace period over; cutting the remaining connections (their holds are released or charged for what was delivered)");
+        relay.begin_cut();
+        server.cut().await;
     }
     tasks.close();
     if tokio::time::timeout(Duration::from_secs(10), tasks.wait())
@@ -53,13 +56,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     }
     server.exit().await;
     reaper.abort();
-    match tokio::time::timeout(Duration::from_secs(10), usage_task).await {
-        Ok(Ok(())) => {}
-        Ok(Err(_)) => {
-            tracing::error!("the usage log writer stopped early; its last rows may be lost")
-        }
-        Err(_) => tracing::error!("usage log rows still unwritten at exit"),
-    }
+    leases.abort();
     tracing::info!("stopped");
     Ok(())
 }

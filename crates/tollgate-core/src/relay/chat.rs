@@ -1,8 +1,9 @@
 //! Chat completions: admit → hold → call upstream → settle → log.
 
+use super::hold;
 use super::routes::{self, Upstream};
 use super::stream::sse_reply;
-use super::ticket::{self, Bill, Outcome, Ticket};
+use super::ticket::{Bill, Outcome, Ticket};
 use super::{Relay, RequestMeta};
 use crate::error::Error;
 use crate::ids;
@@ -46,56 +47,59 @@ impl Relay {
     ) -> Result<ChatReply, Error> {
         let inner = &self.inner;
         let settings = &inner.settings;
+        // The request's one deadline, from its arrival, across every attempt.
+        let deadline =
+            tokio::time::Instant::from_std(meta.started) + settings.upstream_timeouts.total;
         let admission = policy::admit(settings, &inner.catalog, who, &req)?;
         let inference_id = ids::inference_id();
         let now = Utc::now();
         let key_limit = who.key.limit.map(|l| (l, l.retention.period_start(now)));
-        let hold = ticket::place_hold(
-            inner,
-            HoldRequest {
-                id: inference_id.clone(),
-                account_id: who.account.id.clone(),
-                key_id: who.key.id.clone(),
-                node_id: settings.node_id.clone(),
-                now,
-                lease_until: now + settings.hold_lease,
-                min: admission.min,
-                max: admission.max,
-                key_limit,
-                free_tier: admission.free_tier,
-            },
-            admission.model.id.clone(),
-        )
-        .await
-        .map_err(|e| hold_error(e, settings, key_limit.map(|(l, _)| l.retention.as_str())))?;
+        let bill = Bill {
+            inference_id: inference_id.clone(),
+            request_id: meta.request_id,
+            client_request_id: meta.client_request_id,
+            account_id: who.account.id.clone(),
+            key_id: who.key.id.clone(),
+            model: admission.model.id.clone(),
+            provider: None,
+            price: admission.price,
+            held: Credits::ZERO,
+            output_allowed: 0,
+            prompt_tokens: admission.counted_prompt_tokens,
+            key_period_start: None,
+            stream: req.stream,
+            started: meta.started,
+            created_at: now,
+            first_token_ms: None,
+            delivered: String::new(),
+            upstream_usage: None,
+        };
+        let request = HoldRequest {
+            id: inference_id.clone(),
+            account_id: who.account.id.clone(),
+            key_id: who.key.id.clone(),
+            node_id: settings.node_id.clone(),
+            now,
+            lease_until: now + settings.hold_lease,
+            min: admission.min,
+            max: admission.max,
+            key_limit,
+            free_tier: admission.free_tier,
+        };
+        let (hold, mut bill) = hold::place(inner, request, bill).await.map_err(|(e, _)| {
+            hold_error(e, settings, key_limit.map(|(l, _)| l.retention.as_str()))
+        })?;
         let output = admission.output_for(hold.amount);
-        let mut ticket = Ticket::new(
-            inner.clone(),
-            Bill {
-                inference_id: inference_id.clone(),
-                request_id: meta.request_id,
-                client_request_id: meta.client_request_id,
-                account_id: who.account.id.clone(),
-                key_id: who.key.id.clone(),
-                model: admission.model.id.clone(),
-                price: admission.price,
-                held: hold.amount,
-                output_allowed: output.saturating_mul(admission.choices),
-                prompt_tokens: admission.counted_prompt_tokens,
-                key_period_start: key_limit.map(|(_, start)| start),
-                stream: req.stream,
-                started: meta.started,
-                created_at: now,
-                first_token_ms: None,
-                delivered: String::new(),
-                upstream_usage: None,
-            },
-        );
+        bill.held = hold.amount;
+        bill.key_period_start = hold.key_period;
+        bill.output_allowed = output.saturating_mul(admission.choices);
+        let mut ticket = Ticket::new(inner.clone(), bill);
         let include_usage = req.include_usage;
         let called = Instant::now();
-        let upstream = routes::call(inner, &admission.model, &req, output).await;
+        let upstream = routes::call(inner, &admission.model, &req, output, deadline).await;
         let waited = called.elapsed();
-        let upstream = match upstream {
+        ticket.bill_mut().provider = upstream.provider;
+        let upstream = match upstream.result {
             Ok(up) => up,
             Err(e) => {
                 let error = provider_error(&e);

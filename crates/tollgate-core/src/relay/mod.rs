@@ -3,7 +3,11 @@
 //! `chat` reads like the request path: admit → hold → call upstream → settle → log.
 
 mod chat;
+mod deadline;
+mod hold;
+mod leases;
 mod routes;
+mod settling;
 mod stream;
 mod ticket;
 
@@ -12,11 +16,13 @@ pub use chat::{ChatReply, ReplyBody};
 use crate::catalog::Catalog;
 use crate::error::Error;
 use crate::keys;
+use crate::metrics::Metrics;
 use crate::policy::Principal;
 use crate::settings::Settings;
 use crate::store::Store;
-use crate::usage::UsageWriter;
-use std::sync::atomic::AtomicU64;
+use crate::throttle::LogThrottle;
+use leases::Leases;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 use tokio_util::task::TaskTracker;
@@ -34,12 +40,29 @@ pub(crate) struct Inner {
     pub store: Arc<dyn Store>,
     pub catalog: Arc<Catalog>,
     pub providers: Registry,
-    pub usage: UsageWriter,
     pub settings: Settings,
     /// Settlements in progress; shutdown waits for them.
     pub tasks: TaskTracker,
-    /// Responses whose upstream returned more output than allowed.
-    pub overages: AtomicU64,
+    pub metrics: Arc<Metrics>,
+    /// Replies whose upstream returned more output than allowed, logged once a minute per
+    /// model and provider.
+    pub overage_log: LogThrottle,
+    /// This process's live holds, whose leases it renews.
+    pub leases: Leases,
+    /// Set once shutdown's grace period is over and open requests are being cut.
+    pub cutting: AtomicBool,
+}
+
+impl Inner {
+    /// Why a request that ends without finishing ended: the server cut it at shutdown, or
+    /// (otherwise) its client went away.
+    pub fn cut_code(&self) -> &'static str {
+        if self.cutting.load(Ordering::Relaxed) {
+            "server_shutdown"
+        } else {
+            "client_closed"
+        }
+    }
 }
 
 /// The request path, cheap to clone.
@@ -53,21 +76,33 @@ impl Relay {
         store: Arc<dyn Store>,
         catalog: Arc<Catalog>,
         providers: Registry,
-        usage: UsageWriter,
         settings: Settings,
         tasks: TaskTracker,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 store,
                 catalog,
                 providers,
-                usage,
                 settings,
                 tasks,
-                overages: AtomicU64::new(0),
+                metrics,
+                overage_log: LogThrottle::default(),
+                leases: Leases::default(),
+                cutting: AtomicBool::new(false),
             }),
         }
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
+    }
+
+    /// Marks the requests still open as cut by the server (shutdown's grace period is over):
+    /// their usage rows say `server_shutdown`, not `client_closed`.
+    pub fn begin_cut(&self) {
+        self.inner.cutting.store(true, Ordering::Relaxed);
     }
 
     pub fn catalog(&self) -> &Catalog {
@@ -101,16 +136,11 @@ impl Relay {
                 Error::Internal
             })?;
         match found {
-            Some((key, account)) if !key.disabled => Ok(Principal { key, account }),
-            _ => Err(Error::InvalidKey),
+            Some((key, _)) if key.disabled => Err(Error::InvalidKey),
+            Some((_, account)) if account.suspended => Err(Error::AccountSuspended),
+            Some((key, account)) => Ok(Principal { key, account }),
+            None => Err(Error::InvalidKey),
         }
-    }
-
-    /// Responses whose upstream returned more output than was allowed, since start.
-    pub fn overage_count(&self) -> u64 {
-        self.inner
-            .overages
-            .load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 

@@ -1,9 +1,12 @@
-//! Route choice and failover: highest priority first, spread by weight, retry on retryable errors.
+//! Route choice and failover: highest priority first, spread by weight, retry on retryable
+//! errors, all within the request's one deadline.
 
+use super::deadline::within;
 use super::Inner;
 use crate::catalog::{Model, RouteSpec};
 use futures::StreamExt;
 use rand::Rng;
+use tokio::time::Instant;
 use tollgate_protocol::openai::chunk::Chunk;
 use tollgate_protocol::openai::{ChatCompletion, ChatRequest};
 use tollgate_providers::error::Deadline;
@@ -13,6 +16,13 @@ use tollgate_providers::{ChatCall, ChatReply, ChunkStream, ProviderError};
 pub(crate) enum Upstream {
     Complete(ChatCompletion),
     Stream { first: Chunk, rest: ChunkStream },
+}
+
+/// The outcome of calling a model's routes.
+pub(crate) struct Called {
+    /// The provider that answered, or the last one tried.
+    pub provider: Option<String>,
+    pub result: Result<Upstream, ProviderError>,
 }
 
 /// Routes in the order to try them.
@@ -30,46 +40,73 @@ fn ordered(routes: &[RouteSpec]) -> Vec<&RouteSpec> {
     keyed.into_iter().map(|(_, _, r)| r).collect()
 }
 
-/// Calls the model's routes until one starts answering or a non-retryable error occurs.
+/// Calls the model's routes until one starts answering, a non-retryable error occurs or the
+/// request's `deadline` passes. Whatever the provider, a call (its stream included) ends by
+/// the deadline.
 pub(crate) async fn call(
     inner: &Inner,
     model: &Model,
     req: &ChatRequest,
     output: u64,
-) -> Result<Upstream, ProviderError> {
-    let stream = req.stream;
+    deadline: Instant,
+) -> Called {
     let timeouts = inner.settings.upstream_timeouts;
-    let mut last = ProviderError::Connect("no enabled route".into());
-    let routes = ordered(&model.routes);
-    for route in routes {
+    let mut called = Called {
+        provider: None,
+        result: Err(ProviderError::Connect("no enabled route".into())),
+    };
+    for route in ordered(&model.routes) {
         let Some(provider) = inner.providers.chat(&route.provider) else {
             continue;
         };
+        if Instant::now() >= deadline {
+            called.result = Err(ProviderError::Timeout(Deadline::Total));
+            break;
+        }
+        called.provider = Some(route.provider.clone());
         let call = ChatCall {
             body: req.upstream_json(&route.upstream_model, output),
-            stream,
+            stream: req.stream,
             timeouts,
+            deadline,
         };
-        let result = match provider.chat(call).await {
-            Ok(ChatReply::Complete(c)) => Ok(Upstream::Complete(c)),
-            Ok(ChatReply::Stream(mut rest)) => {
-                match tokio::time::timeout(timeouts.first_byte, rest.next()).await {
-                    Err(_) => Err(ProviderError::Timeout(Deadline::FirstByte)),
-                    Ok(None) => Err(ProviderError::Cut),
-                    Ok(Some(Err(e))) => Err(e),
-                    Ok(Some(Ok(first))) => Ok(Upstream::Stream { first, rest }),
-                }
+        let result = match tokio::time::timeout_at(deadline, provider.chat(call)).await {
+            Err(_) => Err(ProviderError::Timeout(Deadline::Total)),
+            Ok(Ok(ChatReply::Complete(c))) => Ok(Upstream::Complete(c)),
+            Ok(Ok(ChatReply::Stream(rest))) => {
+                first_event(rest, Instant::now() + timeouts.first_byte, deadline).await
             }
-            Err(e) => Err(e),
+            Ok(Err(e)) => Err(e),
         };
         match result {
-            Ok(up) => return Ok(up),
             Err(e) if e.is_retryable() => {
                 tracing::warn!(provider = %route.provider, model = %model.id, error = %e, "route failed; trying the next");
-                last = e;
+                called.result = Err(e);
             }
-            Err(e) => return Err(e),
+            result => {
+                called.result = result;
+                break;
+            }
         }
     }
-    Err(last)
+    called
+}
+
+/// Waits for a stream's first chunk until `first_byte` (or the request's `deadline`).
+async fn first_event(
+    mut rest: ChunkStream,
+    first_byte: Instant,
+    deadline: Instant,
+) -> Result<Upstream, ProviderError> {
+    let until = first_byte.min(deadline);
+    match tokio::time::timeout_at(until, rest.next()).await {
+        Err(_) if until < deadline => Err(ProviderError::Timeout(Deadline::FirstByte)),
+        Err(_) => Err(ProviderError::Timeout(Deadline::Total)),
+        Ok(None) => Err(ProviderError::Cut),
+        Ok(Some(Err(e))) => Err(e),
+        Ok(Some(Ok(first))) => Ok(Upstream::Stream {
+            first,
+            rest: within(rest, deadline),
+        }),
+    }
 }

@@ -175,6 +175,7 @@ mod tests {
                 first_byte: t,
                 total: t,
             },
+            deadline: tokio::time::Instant::now() + t,
         }
     }
 

@@ -47,7 +47,7 @@ impl OpenAiCompat {
 impl ChatProvider for OpenAiCompat {
     async fn chat(&self, call: ChatCall) -> Result<ChatReply, ProviderError> {
         let started = tokio::time::Instant::now();
-        let deadline = started + call.timeouts.total;
+        let deadline = call.deadline;
         let request = hyper::Request::post(self.chat_url.clone())
             .header(AUTHORIZATION, self.authorization.clone())
             .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
@@ -55,9 +55,9 @@ impl ChatProvider for OpenAiCompat {
             .body(Full::new(Bytes::from(call.body)))
             .map_err(|e| ProviderError::Invalid(format!("request: {e}")))?;
         let request = self.client.request(request);
-        let first_byte = call.timeouts.first_byte.min(call.timeouts.total);
-        let response = match tokio::time::timeout(first_byte, request).await {
-            Err(_) if first_byte < call.timeouts.total => {
+        let first_byte = (started + call.timeouts.first_byte).min(deadline);
+        let response = match tokio::time::timeout_at(first_byte, request).await {
+            Err(_) if first_byte < deadline => {
                 return Err(ProviderError::Timeout(Deadline::FirstByte))
             }
             Err(_) => return Err(ProviderError::Timeout(Deadline::Total)),
@@ -68,11 +68,8 @@ impl ChatProvider for OpenAiCompat {
             return Err(error::from_response(response, deadline).await);
         }
         if call.stream {
-            let first_event = started + first_byte;
             return Ok(ChatReply::Stream(stream::chunks(
-                response,
-                first_event,
-                deadline,
+                response, first_byte, deadline,
             )));
         }
         let read = body::read(response.into_body(), MAX_BODY);

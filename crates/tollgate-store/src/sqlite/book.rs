@@ -22,6 +22,19 @@ pub(crate) struct LiveHold {
     pub node_id: String,
     pub amount: i64,
     pub lease_until: i64,
+    /// Set by a settlement whose transaction has not committed yet, to what it charges: the
+    /// book's balance already counts that charge, so the hold reserves `amount` minus it, and
+    /// the hold stays until the charge is committed. If the commit fails, the balance is read
+    /// again and the hold reserves `amount` once more, for the settlement's retry. Either way
+    /// the credits available to others never exceed what they were before the settlement.
+    pub settling: Option<i64>,
+}
+
+impl LiveHold {
+    /// What the hold reserves now (less what a settlement in progress already charged).
+    fn reserved(&self) -> i64 {
+        self.amount - self.settling.unwrap_or(0)
+    }
 }
 
 #[derive(Debug, Default)]
@@ -139,16 +152,59 @@ impl Book {
         self.holds.insert(id, hold);
     }
 
+    /// Marks a hold as being settled for `charge`, which the book's balance now counts (see
+    /// [`LiveHold::settling`]).
+    pub fn begin_settling(&mut self, id: &str, charge: i64) {
+        let Some(h) = self.holds.get_mut(id) else {
+            return;
+        };
+        let charge = charge.clamp(0, h.amount);
+        h.settling = Some(charge);
+        let (account, key, limited) = (h.account_id.clone(), h.key_id.clone(), h.key_limited);
+        self.account_mut(&account).held -= charge;
+        if limited {
+            self.key_mut(&key).held -= charge;
+        }
+    }
+
+    /// A settlement did not commit: its hold is live again, to be settled by the retry.
+    pub fn abort_settling(&mut self, id: &str) {
+        let Some(h) = self.holds.get_mut(id) else {
+            return;
+        };
+        let Some(charge) = h.settling.take() else {
+            return;
+        };
+        let (account, key, limited) = (h.account_id.clone(), h.key_id.clone(), h.key_limited);
+        self.account_mut(&account).held += charge;
+        if limited {
+            self.key_mut(&key).held += charge;
+        }
+    }
+
+    /// Moves the lease of each live hold named in `ids`; returns how many it found.
+    pub fn renew(&mut self, ids: &[String], until: i64) -> usize {
+        let mut found = 0;
+        for id in ids {
+            if let Some(h) = self.holds.get_mut(id) {
+                h.lease_until = h.lease_until.max(until);
+                found += 1;
+            }
+        }
+        found
+    }
+
     /// Removes a hold and gives back what it reserved.
     pub fn remove(&mut self, id: &str) -> Option<LiveHold> {
         let hold = self.holds.remove(id)?;
+        let reserved = hold.reserved();
         if let Some(a) = self.accounts.get_mut(&hold.account_id) {
-            a.held -= hold.amount;
+            a.held -= reserved;
             a.holds -= 1;
         }
         if hold.key_limited {
             if let Some(k) = self.keys.get_mut(&hold.key_id) {
-                k.held -= hold.amount;
+                k.held -= reserved;
             }
         }
         Some(hold)
@@ -190,7 +246,7 @@ impl Book {
                 holds_sum: 0,
                 expired: 0,
             });
-            f.holds_sum += h.amount;
+            f.holds_sum += h.reserved();
             f.expired += i64::from(h.lease_until < now);
         }
         out
@@ -239,6 +295,7 @@ mod tests {
             node_id: "n".into(),
             amount,
             lease_until,
+            settling: None,
         }
     }
 
@@ -258,6 +315,36 @@ mod tests {
         assert_eq!(b.remove_where(|h| h.node_id == "n"), 1);
         assert_eq!(b.held("a"), 0);
         assert!(!b.figures(0).contains_key("a"));
+    }
+
+    #[test]
+    fn a_hold_being_settled_reserves_what_its_charge_leaves_until_removed_or_aborted() {
+        let mut b = Book::default();
+        b.insert("h".into(), live("a", "k", true, 300, 10));
+        b.begin_settling("h", 120);
+        assert_eq!((b.held("a"), b.key_held("k")), (180, 180));
+        let f = b.figures(0)["a"];
+        assert_eq!((f.held, f.holds_sum), (180, 180));
+        // The commit failed: the hold reserves all of it again.
+        b.abort_settling("h");
+        assert_eq!((b.held("a"), b.key_held("k")), (300, 300));
+        b.begin_settling("h", 120);
+        // The commit landed: nothing is left reserved.
+        assert!(b.remove("h").is_some());
+        assert_eq!((b.held("a"), b.key_held("k")), (0, 0));
+    }
+
+    #[test]
+    fn leases_are_renewed_for_named_live_holds_only() {
+        let mut b = Book::default();
+        b.insert("h1".into(), live("a", "k", false, 1, 10));
+        b.insert("h2".into(), live("a", "k", false, 1, 10));
+        assert_eq!(b.renew(&["h1".into(), "gone".into()], 50), 1);
+        assert_eq!(b.hold("h1").map(|h| h.lease_until), Some(50));
+        assert_eq!(b.hold("h2").map(|h| h.lease_until), Some(10));
+        // A renewal never shortens a lease.
+        b.renew(&["h1".into()], 20);
+        assert_eq!(b.hold("h1").map(|h| h.lease_until), Some(50));
     }
 
     #[test]

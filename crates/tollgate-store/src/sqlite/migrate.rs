@@ -8,6 +8,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         2,
         include_str!("../../migrations/sqlite/0002_ledger_rowid.sql"),
     ),
+    (
+        3,
+        include_str!("../../migrations/sqlite/0003_usage_charge.sql"),
+    ),
 ];
 
 pub(super) fn run(conn: &Connection) -> rusqlite::Result<()> {

@@ -26,10 +26,7 @@ use tollgate_core::accounts::Account;
 use tollgate_core::keys::ApiKey;
 use tollgate_core::money::Credits;
 use tollgate_core::store::*;
-use tollgate_core::usage::UsageRecord;
-
-/// Most usage-log rows written per background transaction.
-const USAGE_CHUNK: usize = 64;
+use tollgate_core::usage::ChargeCap;
 
 /// How often an idle store looks for commits made by other processes (the operator CLI);
 /// every write batch and every key lookup that finds the write path idle looks too.
@@ -171,39 +168,40 @@ impl SqliteStore {
     }
 
     /// Takes the database's serve lock: one process serves from a SQLite file, because live
-    /// holds are kept in that process. A second `tollgate serve` on the same file is refused.
-    fn claim(&self) -> Result<(), StoreError> {
+    /// holds are kept in that process. `Ok(false)` when another process holds it.
+    fn try_claim(&self) -> Result<bool, StoreError> {
         let mut lock = self
             .serve_lock
             .lock()
             .map_err(|_| StoreError::Database("serve lock poisoned".into()))?;
         if lock.is_some() {
-            return Ok(());
+            return Ok(true);
         }
-        let mut name = self.path.clone().into_os_string();
-        name.push(".serve-lock");
+        let name = self.sibling(".serve-lock");
         let file = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .open(&name)
-            .map_err(|e| {
-                StoreError::Database(format!("cannot open {}: {e}", name.to_string_lossy()))
-            })?;
+            .map_err(|e| StoreError::Database(format!("cannot open {}: {e}", name.display())))?;
         match file.try_lock() {
             Ok(()) => {
                 *lock = Some(file);
-                Ok(())
+                Ok(true)
             }
-            Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Database(format!(
-                "another tollgate process is already serving from {}: a SQLite database is served by one process (run several nodes on PostgreSQL)",
-                self.path.display()
-            ))),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(false),
             Err(std::fs::TryLockError::Error(e)) => Err(StoreError::Database(format!(
                 "cannot lock {}: {e}",
-                name.to_string_lossy()
+                name.display()
             ))),
         }
+    }
+
+    /// The database's path with `suffix` appended.
+    fn sibling(&self, suffix: &str) -> PathBuf {
+        let mut name = self.path.clone().into_os_string();
+        name.push(suffix);
+        PathBuf::from(name)
     }
 }
 
@@ -345,8 +343,33 @@ impl Store for SqliteStore {
         Box::pin(self.settle_detached_ref(s))
     }
 
-    async fn claim_serving(&self) -> Result<(), StoreError> {
-        self.claim()
+    async fn claim_serving(&self, _node_id: &str) -> Result<(), StoreError> {
+        if self.try_claim()? {
+            return Ok(());
+        }
+        Err(StoreError::Database(format!(
+            "another tollgate process is already serving from {}: a SQLite database is served by one process (run several nodes on PostgreSQL)",
+            self.path.display()
+        )))
+    }
+
+    /// Direct while no other process serves the file (and then this one keeps servers out
+    /// until it is dropped); else the serving process's control socket.
+    async fn operator_access(&self) -> Result<OperatorAccess, StoreError> {
+        if self.try_claim()? {
+            return Ok(OperatorAccess::Direct);
+        }
+        Ok(OperatorAccess::Server(self.sibling(".control")))
+    }
+
+    fn control_socket(&self) -> Option<PathBuf> {
+        Some(self.sibling(".control"))
+    }
+
+    async fn renew_leases(&self, ids: &[String], until: DateTime<Utc>) -> Result<(), StoreError> {
+        let until = millis(until);
+        self.writer.with_book(|book| book.renew(ids, until));
+        Ok(())
     }
 
     async fn release_node_holds(&self, node_id: &str) -> Result<u64, StoreError> {
@@ -374,7 +397,9 @@ impl Store for SqliteStore {
                     // `accounts.held` moved: read the committed figures again.
                     book.forget_committed();
                 }
-                Ok::<_, StoreError>(stored + book.remove_where(|h| h.lease_until < now))
+                // A hold being settled is given back by its settlement's commit.
+                let expired = |h: &book::LiveHold| h.lease_until < now && h.settling.is_none();
+                Ok::<_, StoreError>(stored + book.remove_where(expired))
             })
             .await
     }
@@ -423,25 +448,40 @@ impl Store for SqliteStore {
             .collect())
     }
 
-    async fn record_usage(&self, rows: &[UsageRecord]) -> Result<(), StoreError> {
-        // Background jobs of up to a chunk each, each stopping early (after a statement) when
-        // a request job waits: a request waits behind a few rows at most.
-        let mut rest: Vec<UsageRecord> = rows.to_vec();
-        while !rest.is_empty() {
-            let mut chunk = rest.split_off(rest.len().min(USAGE_CHUNK));
-            std::mem::swap(&mut chunk, &mut rest);
-            let (written, mut chunk) = self
-                .writer
-                .run_in(Lane::Background, move |b| {
-                    let stop = b.requests_waiting();
-                    let written = b.write(|c| ops::record_usage(c, &chunk, stop))?;
-                    Ok::<_, StoreError>((written, chunk))
+    async fn charged_rows(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<ChargedRow>, StoreError> {
+        let after = after.unwrap_or_default();
+        self.readers.read(|c| {
+            let mut stmt = c.prepare_cached(crate::rows::CHARGED_ROWS_SQL)?;
+            let rows = stmt.query_map(params![after, limit], |r| {
+                let int = |i: usize| r.get::<_, i64>(i).map(|v| u64::try_from(v).unwrap_or(0));
+                Ok(ChargedRow {
+                    inference_id: r.get(0)?,
+                    model: r.get(1)?,
+                    succeeded: r.get::<_, String>(2)? == "succeeded",
+                    prompt_tokens: int(3)?,
+                    completion_tokens: int(4)?,
+                    cached_tokens: int(5)?,
+                    credits: Credits(r.get(6)?),
+                    capped: r
+                        .get::<_, Option<String>>(7)?
+                        .as_deref()
+                        .and_then(ChargeCap::parse),
+                    ledger: Credits(r.get(8)?),
                 })
-                .await?;
-            chunk.drain(..written);
-            chunk.append(&mut rest);
-            rest = chunk;
-        }
-        Ok(())
+            })?;
+            rows.collect()
+        })
+    }
+
+    async fn charges_without_row(&self, limit: u32) -> Result<Vec<String>, StoreError> {
+        self.readers.read(|c| {
+            let mut stmt = c.prepare_cached(crate::rows::CHARGES_WITHOUT_ROW_SQL)?;
+            let rows = stmt.query_map([limit], |r| r.get(0))?;
+            rows.collect()
+        })
     }
 }

@@ -1,12 +1,11 @@
 //! The SQLite write operations, each run by the writer inside its own savepoint.
 
 use crate::reserve::{self, KeyRoom, HOUR_MS};
-use crate::rows::millis;
+use crate::rows::{millis, time};
 use rusqlite::{params, Connection, OptionalExtension};
-use std::sync::atomic::{AtomicBool, Ordering};
 use tollgate_core::money::Credits;
 use tollgate_core::store::*;
-use tollgate_core::usage::UsageRecord;
+use tollgate_core::usage::{ChargeCap, UsageRecord};
 
 use super::book::{Book, LiveHold};
 use super::combiner::Batch;
@@ -247,13 +246,17 @@ fn reserve_in_book(
     key_spent: Option<(i64, i64)>,
 ) -> Result<Hold, HoldError> {
     let held = book.held(&req.account_id);
-    let key = match (req.key_limit, key_spent) {
-        (Some((limit, start)), Some((period, spent))) => Some(KeyRoom {
-            threshold: limit.threshold.0,
-            spent: if period == millis(start) { spent } else { 0 },
-            held: book.key_held(&req.key_id),
-        }),
-        _ => None,
+    let (key, key_period) = match (req.key_limit, key_spent) {
+        (Some((limit, start)), Some((stored, spent))) => {
+            let (period, spent) = reserve::key_period(stored, spent, millis(start));
+            let room = KeyRoom {
+                threshold: limit.threshold.0,
+                spent,
+                held: book.key_held(&req.key_id),
+            };
+            (Some(room), Some(period))
+        }
+        _ => (None, None),
     };
     let amount = reserve::amount(balance, held, key, req.min, req.max)?;
     if book.contains(&req.id) {
@@ -268,10 +271,12 @@ fn reserve_in_book(
             node_id: req.node_id.clone(),
             amount,
             lease_until: millis(req.lease_until),
+            settling: None,
         },
     );
     Ok(Hold {
         amount: Credits(amount),
+        key_period: key_period.map(time),
     })
 }
 
@@ -300,59 +305,65 @@ fn free_request(
     Ok(())
 }
 
-/// Charges a settlement and releases its hold: the charge and the key's spending are
-/// written; the book gives the hold back once they are. The balance is written once per
-/// batch (see [`Batch::defer_balance`]).
+/// Charges a settlement, writes its usage row and releases its hold, in the batch's write
+/// transaction: the book gives the hold back once the batch has committed (until then it
+/// stays reserved, so a failed commit loses nothing and the retry finds it). The balance is
+/// written once per batch (see [`Batch::defer_balance`]).
 pub(super) fn settle(b: &mut Batch<'_>, s: &Settlement, now: i64) -> Result<Settled, StoreError> {
-    let live_hold = b
-        .book()
-        .hold(&s.hold_id)
-        .map(|h| (h.amount, h.key_limited.then(|| h.key_id.clone())));
-    let Some((amount, limited_key)) = live_hold else {
-        let done: Option<i64> = b
-            .conn()
-            .prepare_cached("SELECT id FROM ledger WHERE idempotency_key = ?1")
-            .and_then(|mut st| {
-                st.query_row([format!("usage:{}", s.hold_id)], |r| r.get(0))
-                    .optional()
-            })
-            .map_err(db)?;
-        return Ok(if done.is_some() {
-            Settled::AlreadySettled
-        } else {
-            Settled::HoldGone
-        });
-    };
     // Inside the write transaction the book's committed balance is exact: an operator's
     // deduction made a moment ago by another process counts here. The book stays locked
-    // until the hold is gone and the new balance is in: a hold placed from the cache sees
+    // until the hold is marked and the new balance is in: a hold placed from the cache sees
     // both or neither (the commit itself runs without the lock).
     b.begin()?;
     let mut book = b.book();
-    let (balance, stored_held) = committed(b, &mut book, &s.account_id)?;
-    let live = book.held(&s.account_id);
-    let charge = reserve::charge(s.charge, balance, live + stored_held, amount);
-    let period = s.key_period_start.map(millis).unwrap_or(0);
+    let live = book.hold(s.hold_id()).map(|h| {
+        let key = h.key_limited.then(|| h.key_id.clone());
+        (h.amount, key, h.settling)
+    });
+    let held_live = live.is_some();
+    let (hold_amount, limited_key) = match live {
+        // Another settlement of this hold is in this batch.
+        Some((_, _, Some(charged))) => return Ok(Settled::AlreadySettled(Credits(charged))),
+        Some((amount, key, None)) => (amount, key),
+        None => {
+            // Settled before (a retry whose first try committed), or the hold is gone.
+            if let Some(charged) = settled_charge(b.conn(), s.hold_id())? {
+                return Ok(Settled::AlreadySettled(Credits(charged)));
+            }
+            let key = s.key_period_start.map(|_| s.row.key_id.clone());
+            (0, key)
+        }
+    };
+    let account = s.account_id();
+    let (balance, stored_held) = committed(b, &mut book, account)?;
+    let held = book.held(account) + stored_held;
+    let charge = reserve::charge(s.charge, balance, held, hold_amount);
     let spent = match &limited_key {
         Some(key_id) => {
             let (stored_period, spent) = key_spent(b, &mut book, key_id)?;
-            Some(if stored_period == period {
-                spent + charge
-            } else {
-                charge
-            })
+            let period = s.key_period_start.map_or(0, millis);
+            Some(reserve::key_spend_after(
+                stored_period,
+                spent,
+                period,
+                charge,
+            ))
         }
         None => None,
     };
     if charge > 0 {
         let entry = LedgerWrite::model_usage(s, Credits(charge));
         if !b.write_all_or_nothing(|conn| insert_entry(conn, &entry, now))? {
-            // The usage charge is already in the ledger: settled earlier.
-            book.remove(&s.hold_id);
-            return Ok(Settled::AlreadySettled);
+            // The usage charge is already in the ledger (written before usage rows were).
+            if held_live {
+                b.remove_hold_on_commit(s.hold_id());
+            }
+            return Ok(Settled::AlreadySettled(Credits(charge)));
         }
     }
-    if let (Some(key_id), Some(spent)) = (&limited_key, spent) {
+    let capped = s.cap_for(charge);
+    b.write_all_or_nothing(|conn| insert_usage(conn, &s.row, charge, capped))?;
+    if let (Some(key_id), Some((period, spent))) = (&limited_key, spent) {
         b.write_all_or_nothing(|conn| {
             conn.prepare_cached(
                 "UPDATE api_keys SET limit_spent = ?1, limit_period_start = ?2 WHERE id = ?3",
@@ -363,12 +374,24 @@ pub(super) fn settle(b: &mut Batch<'_>, s: &Settlement, now: i64) -> Result<Sett
         })?;
         book.set_key_spent(key_id, period, spent);
     }
-    book.remove(&s.hold_id);
     if charge > 0 {
-        book.set_balance(&s.account_id, balance - charge);
-        b.defer_balance(&s.account_id, balance - charge);
+        book.set_balance(account, balance - charge);
+        b.defer_balance(account, balance - charge);
     }
-    Ok(Settled::Charged(Credits(charge)))
+    if held_live {
+        book.begin_settling(s.hold_id(), charge);
+        b.remove_hold_on_commit(s.hold_id());
+        Ok(Settled::Charged(Credits(charge)))
+    } else {
+        Ok(Settled::ChargedWithoutHold(Credits(charge)))
+    }
+}
+
+/// What an earlier settlement of `inference_id` charged, if one committed.
+fn settled_charge(conn: &Connection, inference_id: &str) -> Result<Option<i64>, StoreError> {
+    conn.prepare_cached("SELECT credits FROM usage_logs WHERE inference_id = ?1")
+        .and_then(|mut st| st.query_row([inference_id], |r| r.get(0)).optional())
+        .map_err(db)
 }
 
 /// Releases the holds matching `filter` (a condition on `h` with `?1` bound to `arg`).
@@ -402,85 +425,43 @@ pub(super) fn release_where(
     Ok(n as u64)
 }
 
-/// Usage rows per INSERT statement: one statement for several rows costs less per row.
-const ROWS_PER_INSERT: usize = 8;
-const USAGE_COLUMNS: &str = "inference_id, request_id, client_request_id, account_id, key_id, model, status, origin, error_code,
-    prompt_tokens, completion_tokens, cached_tokens, credits, stream, duration_ms, ttft_ms, created_at";
+const INSERT_USAGE: &str = "INSERT INTO usage_logs (inference_id, request_id, client_request_id, account_id, key_id, model, provider,
+    status, origin, error_code, prompt_tokens, completion_tokens, cached_tokens, credits, charge_capped, stream, duration_ms, ttft_ms, created_at)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)
+    ON CONFLICT (inference_id) DO NOTHING";
 
-/// The INSERT statement for `n` (1 to [`ROWS_PER_INSERT`]) usage rows.
-fn insert_usage_sql(n: usize) -> &'static str {
-    static SQL: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
-    let all = SQL.get_or_init(|| {
-        (1..=ROWS_PER_INSERT)
-            .map(|n| {
-                let tuples = vec!["(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"; n].join(",");
-                format!("INSERT INTO usage_logs ({USAGE_COLUMNS}) VALUES {tuples} ON CONFLICT (inference_id) DO NOTHING")
-            })
-            .collect()
-    });
-    &all[n.clamp(1, ROWS_PER_INSERT) - 1]
-}
-
-/// Writes usage rows from the front of `rows`, several per statement, and returns how many
-/// it wrote: all of them, or fewer when `stop` says request jobs are waiting (at least one
-/// statement's worth is always written).
-pub(super) fn record_usage(
+/// Writes a settlement's usage row with what it charged.
+fn insert_usage(
     conn: &Connection,
-    rows: &[UsageRecord],
-    stop: &AtomicBool,
-) -> Result<usize, StoreError> {
+    r: &UsageRecord,
+    credits: i64,
+    capped: Option<ChargeCap>,
+) -> Result<(), StoreError> {
     let int = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-    let mut written = 0;
-    for group in rows.chunks(ROWS_PER_INSERT) {
-        if written > 0 && stop.load(Ordering::Relaxed) {
-            break;
-        }
-        let mut insert = conn
-            .prepare_cached(insert_usage_sql(group.len()))
-            .map_err(db)?;
-        let mut at = 1;
-        for r in group {
-            let values: [&dyn rusqlite::ToSql; 17] = [
-                &r.inference_id,
-                &r.request_id,
-                &r.client_request_id,
-                &r.account_id,
-                &r.key_id,
-                &r.model,
-                &r.status.as_str(),
-                &r.origin,
-                &r.error_code,
-                &int(r.prompt_tokens),
-                &int(r.completion_tokens),
-                &int(r.cached_tokens),
-                &r.credits.0,
-                &r.stream,
-                &int(r.duration_ms),
-                &r.ttft_ms.map(int),
-                &millis(r.created_at),
-            ];
-            for v in values {
-                insert.raw_bind_parameter(at, v).map_err(db)?;
-                at += 1;
-            }
-        }
-        insert.raw_execute().map_err(db)?;
-        written += group.len();
-    }
-    // One last-use update per key among the rows written, not one per row.
-    let mut last_use: Vec<(&str, i64)> = Vec::new();
-    for r in &rows[..written] {
-        let at = millis(r.created_at);
-        match last_use.iter_mut().find(|(k, _)| *k == r.key_id) {
-            Some((_, t)) => *t = (*t).max(at),
-            None => last_use.push((&r.key_id, at)),
-        }
-    }
-    let mut touch = conn
-        .prepare_cached("UPDATE api_keys SET last_used_at = ?1 WHERE id = ?2 AND (last_used_at IS NULL OR last_used_at < ?1)")
-        .map_err(db)?;
-    for (key_id, at) in last_use {
-        touch.execute(params![at, key_id]).map_err(db)?;
-    }
-    Ok(written)
+    conn.prepare_cached(INSERT_USAGE)
+        .and_then(|mut st| {
+            st.execute(params![
+                r.inference_id,
+                r.request_id,
+                r.client_request_id,
+                r.account_id,
+                r.key_id,
+                r.model,
+                r.provider,
+                r.status.as_str(),
+                r.origin,
+                r.error_code,
+                int(r.prompt_tokens),
+                int(r.completion_tokens),
+                int(r.cached_tokens),
+                credits,
+                capped.map(ChargeCap::as_str),
+                r.stream,
+                int(r.duration_ms),
+                r.ttft_ms.map(int),
+                millis(r.created_at),
+            ])
+        })
+        .map(drop)
+        .map_err(db)
 }

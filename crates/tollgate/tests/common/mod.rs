@@ -61,13 +61,10 @@ pub struct Server {
 
 /// Env for a quick server: instant demo streams, short timeouts.
 pub fn fast_env() -> Vec<(String, String)> {
-    vec![
-        (
-            "TOLLGATE__PROVIDERS__DEMO__TOKENS_PER_SECOND".into(),
-            "0".into(),
-        ),
-        ("TOLLGATE__USAGE__FLUSH_INTERVAL_MS".into(), "10".into()),
-    ]
+    vec![(
+        "TOLLGATE__PROVIDERS__DEMO__TOKENS_PER_SECOND".into(),
+        "0".into(),
+    )]
 }
 
 impl Server {

@@ -4,7 +4,7 @@
 use super::super::book::Book;
 use super::{lock, read_data_version, run_cached, saw_version};
 use rusqlite::Connection;
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 use tollgate_core::store::StoreError;
@@ -19,10 +19,12 @@ pub(crate) struct Batch<'a> {
     /// is such a look.
     pub(super) looked_at: &'a mut Instant,
     pub(super) epoch: &'a AtomicU64,
-    pub(super) requests_waiting: &'a AtomicBool,
     /// Account balances settlements moved, written once per account before anything else
     /// touches the database and before the commit.
     pub(super) balances: Vec<(String, i64)>,
+    /// Holds settled in this batch: removed from the book once the batch has committed, made
+    /// live again if it does not.
+    pub(super) settled: Vec<String>,
 }
 
 pub(super) enum Txn {
@@ -38,12 +40,6 @@ impl<'a> Batch<'a> {
     /// [`Batch::begin`] while holding it.
     pub fn book(&self) -> MutexGuard<'a, Book> {
         lock(self.book)
-    }
-
-    /// Set while request jobs wait for the write path: a background job that can stop
-    /// part-way should.
-    pub fn requests_waiting(&self) -> &'a AtomicBool {
-        self.requests_waiting
     }
 
     /// Begins the batch's write transaction if it has not begun. Inside it no other
@@ -126,6 +122,12 @@ impl<'a> Batch<'a> {
             Some((_, b)) => *b = balance,
             None => self.balances.push((account_id.to_owned(), balance)),
         }
+    }
+
+    /// Removes hold `id` from the book once this batch has committed; until then it stays
+    /// reserved (marked as settling), and if the batch fails it is live again.
+    pub fn remove_hold_on_commit(&mut self, id: &str) {
+        self.settled.push(id.to_owned());
     }
 
     /// The write connection for reads: it sees every committed row, its own and others',

@@ -21,8 +21,6 @@
 //! its caller only after the transaction that contains it committed, so no caller sees a
 //! write that could roll back.
 //!
-//! Jobs come in two lanes. Request-path jobs always go first and commit together;
-//! background jobs (usage-log chunks) run one per transaction when no request job waits.
 
 mod batch;
 
@@ -32,8 +30,7 @@ use super::book::Book;
 use super::walvfs::{self, Head};
 use batch::Txn;
 use rusqlite::Connection;
-use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 use thread_local::ThreadLocal;
@@ -69,18 +66,15 @@ fn wait_for_company() -> bool {
 type Completion = Box<dyn FnOnce(Option<&str>) + Send>;
 type Job = Box<dyn FnOnce(&mut Batch<'_>) -> Completion + Send>;
 
-/// Which queue a job joins.
+/// How a job joins the queue.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Lane {
-    /// On a request's path: first, group-committed.
+    /// Combined at once.
     Request,
-    /// On a request's path, a job that commits (a settlement): it joins the request queue,
-    /// and when its thread settled another within [`COMMIT_COMPANY`] it lets the thread's
-    /// other tasks run first, so that the settlements they reach share its commit. Alone,
-    /// it commits at once.
+    /// A job that commits (a settlement): when its thread settled another within
+    /// [`COMMIT_COMPANY`] it lets the thread's other tasks run first, so that the
+    /// settlements they reach share its commit. Alone, it commits at once.
     Commit,
-    /// Off the path: one per transaction, when the request lane is empty.
-    Background,
 }
 
 struct State {
@@ -116,12 +110,10 @@ struct Queued {
 #[derive(Default)]
 struct Queues {
     request: Vec<Queued>,
-    background: VecDeque<Queued>,
 }
 
 impl Queues {
-    /// Up to [`MAX_BATCH`] request jobs of `origin`; else, when no request job of any
-    /// origin waits, its first background job.
+    /// Up to [`MAX_BATCH`] jobs of `origin`.
     fn take(&mut self, origin: usize) -> Vec<Job> {
         let mut jobs = Vec::new();
         let mut i = 0;
@@ -132,26 +124,13 @@ impl Queues {
                 i += 1;
             }
         }
-        if jobs.is_empty() && self.request.is_empty() {
-            if let Some(i) = self.background.iter().position(|q| q.origin.id == origin) {
-                if let Some(q) = self.background.remove(i) {
-                    jobs.push(q.job);
-                }
-            }
-        }
         jobs
     }
 
-    /// The origins with a job that could run now: request jobs, or background jobs when no
-    /// request job waits.
+    /// The origins with a job waiting.
     fn runnable(&self) -> Vec<&Origin> {
         let mut out: Vec<&Origin> = Vec::new();
-        let pending: Box<dyn Iterator<Item = &Queued>> = if self.request.is_empty() {
-            Box::new(self.background.iter())
-        } else {
-            Box::new(self.request.iter())
-        };
-        for q in pending {
+        for q in &self.request {
             if !out.iter().any(|o| o.id == q.origin.id) {
                 out.push(&q.origin);
             }
@@ -166,8 +145,6 @@ struct Shared {
     /// needs no database read is placed without waiting for the write path.
     book: Mutex<Book>,
     queues: Mutex<Queues>,
-    /// Whether request jobs are queued: a long background job stops early for them.
-    requests_waiting: AtomicBool,
     /// Bumped whenever committed rows may have changed outside the book's knowledge; caches
     /// of committed rows (the key cache) compare it.
     epoch: Arc<AtomicU64>,
@@ -245,7 +222,6 @@ impl Combiner {
                 }),
                 book: Mutex::new(Book::default()),
                 queues: Mutex::new(Queues::default()),
-                requests_waiting: AtomicBool::new(false),
                 epoch,
                 origins: ThreadLocal::new(),
                 next_origin: AtomicUsize::new(0),
@@ -277,24 +253,14 @@ impl Combiner {
             .clone()
     }
 
-    /// Runs `f` in the request lane and returns its result once its batch committed.
+    /// Runs `f` and returns its result once its batch committed.
     pub async fn run<T, E, F>(&self, f: F) -> Result<T, E>
     where
         T: Send + 'static,
         E: From<StoreError> + Send + 'static,
         F: FnOnce(&mut Batch<'_>) -> Result<T, E> + Send + 'static,
     {
-        self.run_in(Lane::Request, f).await
-    }
-
-    /// Like [`Combiner::run`], in the chosen lane.
-    pub async fn run_in<T, E, F>(&self, lane: Lane, f: F) -> Result<T, E>
-    where
-        T: Send + 'static,
-        E: From<StoreError> + Send + 'static,
-        F: FnOnce(&mut Batch<'_>) -> Result<T, E> + Send + 'static,
-    {
-        self.submit(lane, f).await
+        self.submit(Lane::Request, f).await
     }
 
     /// Queues `f` now and returns its result's future. The job runs whether or not the
@@ -332,14 +298,7 @@ impl Combiner {
         };
         {
             let mut q = lock(&self.shared.queues);
-            let queued = Queued { origin, job };
-            match lane {
-                Lane::Request | Lane::Commit => {
-                    q.request.push(queued);
-                    self.shared.requests_waiting.store(true, Ordering::Relaxed);
-                }
-                Lane::Background => q.background.push_back(queued),
-            }
+            q.request.push(Queued { origin, job });
         }
         if lane != Lane::Commit || !wait_for_company() {
             pending.combine();
@@ -365,14 +324,7 @@ impl Combiner {
                 return;
             };
             loop {
-                let jobs = {
-                    let mut q = lock(&self.shared.queues);
-                    let jobs = q.take(origin);
-                    self.shared
-                        .requests_waiting
-                        .store(!q.request.is_empty(), Ordering::Relaxed);
-                    jobs
-                };
+                let jobs = lock(&self.shared.queues).take(origin);
                 if jobs.is_empty() {
                     break;
                 }
@@ -431,18 +383,18 @@ impl Combiner {
             data_version,
             looked_at,
             epoch: &self.shared.epoch,
-            requests_waiting: &self.shared.requests_waiting,
             balances: Vec::new(),
+            settled: Vec::new(),
         };
         let completions: Vec<Completion> = jobs.into_iter().map(|job| job(&mut batch)).collect();
         batch.flush_balances();
+        let settled = std::mem::take(&mut batch.settled);
         let error = match batch.txn {
             Txn::NotBegun => None,
             Txn::Failed(e) => {
                 if !conn.is_autocommit() {
                     let _ = conn.execute_batch("ROLLBACK");
                 }
-                lock(book).forget_committed();
                 Some(e)
             }
             Txn::Open => match run_cached(conn, "COMMIT") {
@@ -456,12 +408,25 @@ impl Combiner {
                     let e = e.to_string();
                     tracing::error!(error = %e, "SQLite commit failed; rolling back");
                     let _ = conn.execute_batch("ROLLBACK");
-                    // The book already counted this batch's writes: read them again.
-                    lock(book).forget_committed();
                     Some(e)
                 }
             },
         };
+        {
+            let mut book = lock(book);
+            if error.is_some() {
+                // The book already counted this batch's writes: read them again. The holds
+                // its settlements were releasing stay, for their retries.
+                book.forget_committed();
+                for id in &settled {
+                    book.abort_settling(id);
+                }
+            } else {
+                for id in &settled {
+                    book.remove(id);
+                }
+            }
+        }
         for done in completions {
             done(error.as_deref());
         }
