@@ -10,10 +10,12 @@
 //! - [`usage`]: the usage-log row each settlement writes.
 //! - [`metrics`], [`throttle`]: counters for `/metrics`, and log lines an upstream could
 //!   otherwise repeat on every request.
+//! - [`audit`]: the ledger check (balances, holds, and each usage row's charge).
 //! - [`service`]: account actions (sign-up, keys, cards, grants) shared by the CLI and the API.
 //! - [`payments`]: payment providers (the offline sandbox).
 
 pub mod accounts;
+pub mod audit;
 pub mod catalog;
 pub mod error;
 pub mod ids;

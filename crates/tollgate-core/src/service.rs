@@ -1,12 +1,12 @@
 //! Account actions shared by the CLI and the API: sign-up, keys, cards, grants, checks.
 
 use crate::accounts::{normalize_email, Account};
+use crate::audit::{self, LedgerReport};
+use crate::catalog::Catalog;
 use crate::keys::{self, KeyKind};
 use crate::money::Credits;
 use crate::payments::{PaymentError, PaymentProvider};
-use crate::store::{
-    CardOutcome, Direction, Discrepancy, EntryType, LedgerWrite, NewKey, Store, StoreError,
-};
+use crate::store::{CardOutcome, Direction, EntryType, LedgerWrite, NewKey, Store, StoreError};
 use argon2::password_hash::{rand_core::OsRng, PasswordHasher, SaltString};
 use argon2::Argon2;
 use chrono::Utc;
@@ -134,7 +134,8 @@ impl Accounts {
         Ok(self.store.add_card(account_id, card, self.grant).await?)
     }
 
-    /// An operator's grant (positive) or deduction (negative), as an `ADJUSTMENT` entry.
+    /// An operator's grant (positive) or deduction (negative), as an `ADJUSTMENT` entry. A
+    /// deduction never takes the credits no live hold reserves below zero.
     pub async fn adjust(
         &self,
         account_id: &str,
@@ -161,7 +162,8 @@ impl Accounts {
             .await?)
     }
 
-    pub async fn ledger_check(&self) -> Result<Vec<Discrepancy>, ServiceError> {
-        Ok(self.store.ledger_check(Utc::now()).await?)
+    /// The whole ledger check, pricing usage rows with `catalog`.
+    pub async fn ledger_check(&self, catalog: &Catalog) -> Result<LedgerReport, ServiceError> {
+        Ok(audit::check(&*self.store, catalog, Utc::now()).await?)
     }
 }

@@ -1,6 +1,7 @@
 //! The command line: `serve` and the operator commands (JSON on stdout).
 
 use clap::{Args, Parser, Subcommand};
+use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
 #[derive(Debug, Parser)]
@@ -43,7 +44,7 @@ pub enum Command {
     /// Billing methods.
     #[command(subcommand)]
     Billing(BillingCmd),
-    /// Grant or deduct credits.
+    /// Grant or adjust credits.
     #[command(subcommand)]
     Credits(CreditsCmd),
     /// Check the books.
@@ -90,10 +91,22 @@ pub enum BillingCmd {
     },
 }
 
-#[derive(Debug, Subcommand)]
+/// Commands that move credits or check the books: they must see the live holds, so while a
+/// server serves a SQLite database they are run by that server (through its control socket).
+#[derive(Debug, Clone, Subcommand, Serialize, Deserialize)]
 pub enum CreditsCmd {
-    /// Grant (or, negative, deduct) credits as an ADJUSTMENT ledger entry.
+    /// Grant credits (a positive ADJUSTMENT ledger entry with its reason).
     Grant {
+        #[arg(long)]
+        email: String,
+        #[arg(long, allow_hyphen_values = true)]
+        credits: i64,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Add (positive) or deduct (negative) credits as an ADJUSTMENT ledger entry with its
+    /// reason. A deduction may not take the credits no live request holds below zero.
+    Adjust {
         #[arg(long)]
         email: String,
         #[arg(long, allow_hyphen_values = true)]
@@ -103,9 +116,10 @@ pub enum CreditsCmd {
     },
 }
 
-#[derive(Debug, Subcommand)]
+#[derive(Debug, Clone, Subcommand, Serialize, Deserialize)]
 pub enum LedgerCmd {
-    /// Exit 0 when every balance equals its ledger and no hold is past its lease.
+    /// Exit 0 when every balance equals its ledger, no hold is past its lease, and every
+    /// usage row's charge equals its ledger entry and its units' price.
     Check,
 }
 

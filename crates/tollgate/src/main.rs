@@ -2,6 +2,7 @@
 
 mod cli;
 mod config;
+mod control;
 mod ops;
 mod serve;
 mod wiring;
@@ -69,7 +70,7 @@ fn main() -> ExitCode {
             if out.ok {
                 ExitCode::SUCCESS
             } else {
-                eprintln!("error: the books disagree for the accounts listed");
+                eprintln!("error: the books disagree where listed");
                 ExitCode::FAILURE
             }
         }

@@ -35,6 +35,15 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     );
     let leases = tokio::spawn(relay.clone().keep_leases());
     let accounts = wiring::accounts(&config, store.clone());
+    // Operator commands that must see this process's live holds come in here.
+    let _control = match store.control_socket() {
+        Some(path) => Some(crate::control::listen(
+            path,
+            accounts.clone(),
+            std::sync::Arc::new(wiring::full_catalog(&config)?),
+        )?),
+        None => None,
+    };
     let app = tollgate_http::router(AppState::new(relay.clone(), accounts, config.body_limit));
 
     let reaper = tokio::spawn(reap(store.clone(), config.reaper_interval));

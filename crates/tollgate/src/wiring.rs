@@ -54,6 +54,22 @@ pub fn providers(config: &Config) -> anyhow::Result<Registry> {
 /// Loads every catalogue source (a priced model without a price is an error) and keeps the
 /// routes whose provider is enabled; models left without a route are not listed.
 pub fn catalog(config: &Config, registry: &Registry) -> anyhow::Result<Catalog> {
+    let models = all_models(config)?
+        .into_iter()
+        .filter_map(|mut m| {
+            m.routes.retain(|r| registry.contains(&r.provider));
+            (!m.routes.is_empty()).then_some(m)
+        })
+        .collect();
+    Ok(Catalog::from_models(models)?)
+}
+
+/// Every catalogue model, served or not: the prices the ledger check audits charges with.
+pub fn full_catalog(config: &Config) -> anyhow::Result<Catalog> {
+    Ok(Catalog::from_models(all_models(config)?)?)
+}
+
+fn all_models(config: &Config) -> anyhow::Result<Vec<tollgate_core::catalog::Model>> {
     let mut sources: Vec<CatalogSource> = BUILT_IN
         .iter()
         .map(|(name, text)| CatalogSource {
@@ -73,12 +89,5 @@ pub fn catalog(config: &Config, registry: &Registry) -> anyhow::Result<Catalog> 
     for source in &sources {
         models.extend(source.parse(config.settings.rate)?);
     }
-    let models = models
-        .into_iter()
-        .filter_map(|mut m| {
-            m.routes.retain(|r| registry.contains(&r.provider));
-            (!m.routes.is_empty()).then_some(m)
-        })
-        .collect();
-    Ok(Catalog::from_models(models)?)
+    Ok(models)
 }

@@ -91,7 +91,7 @@ fn account_key_card_and_grant_print_the_documented_json() {
         &db.url,
         &[
             "credits",
-            "grant",
+            "adjust",
             "--email",
             "ops@example.com",
             "--credits",
@@ -103,7 +103,11 @@ fn account_key_card_and_grant_print_the_documented_json() {
     assert_eq!(deducted, json!({"balance_credits": 51000}));
     assert_eq!(
         cli_ok(&db.url, &["ledger", "check"]),
-        json!({"ok": true, "disagreeing_accounts": []})
+        json!({
+            "ok": true, "disagreeing_accounts": [], "disagreeing_charges": [],
+            "disagreeing_charges_total": 0, "charges_without_usage_row": [],
+            "usage_rows_checked": 0, "usage_rows_unpriced": 0,
+        })
     );
 }
 
@@ -184,7 +188,7 @@ fn failures_exit_non_zero_with_a_message() {
         (
             &[
                 "credits",
-                "grant",
+                "adjust",
                 "--email",
                 "dup@example.com",
                 "--credits",
@@ -193,6 +197,19 @@ fn failures_exit_non_zero_with_a_message() {
                 "x",
             ],
             "below zero",
+        ),
+        (
+            &[
+                "credits",
+                "grant",
+                "--email",
+                "dup@example.com",
+                "--credits",
+                "-5",
+                "--reason",
+                "x",
+            ],
+            "credits adjust",
         ),
         (
             &[

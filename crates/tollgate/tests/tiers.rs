@@ -294,7 +294,7 @@ async fn max_tokens_is_lowered_to_what_the_balance_affords() {
         &db.url,
         &[
             "credits",
-            "grant",
+            "adjust",
             "--email",
             "lower@example.com",
             "--credits",

@@ -32,6 +32,9 @@ use tollgate_core::usage::ChargeCap;
 /// every write batch and every key lookup that finds the write path idle looks too.
 const OUTSIDE_COMMIT_CHECK: Duration = Duration::from_millis(250);
 
+/// How long `serve` waits for the serve lock before it says another process serves.
+const CLAIM_PATIENCE: Duration = Duration::from_secs(3);
+
 pub struct SqliteStore {
     path: PathBuf,
     writer: Combiner,
@@ -344,8 +347,13 @@ impl Store for SqliteStore {
     }
 
     async fn claim_serving(&self, _node_id: &str) -> Result<(), StoreError> {
-        if self.try_claim()? {
-            return Ok(());
+        // An operator command acting on the file directly holds the lock for a moment.
+        let deadline = std::time::Instant::now() + CLAIM_PATIENCE;
+        while std::time::Instant::now() < deadline {
+            if self.try_claim()? {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
         Err(StoreError::Database(format!(
             "another tollgate process is already serving from {}: a SQLite database is served by one process (run several nodes on PostgreSQL)",

@@ -35,6 +35,9 @@ pub enum Behaviour {
     NoUsage,
     /// Like `Normal` with the default length, but reports `completion_tokens` in `usage`.
     LieUsage { completion_tokens: u64 },
+    /// `reply_tokens` words whatever `max_tokens` says, and no `usage`: an upstream that
+    /// ignores the output limit and reports nothing.
+    Overlong { reply_tokens: u32 },
     /// `200 OK` with a body that is not JSON.
     NotJson,
     /// A stream whose first event never ends: `data: ` and then bytes without a line end,

@@ -31,6 +31,8 @@ struct Received {
 #[derive(Default)]
 struct Shared {
     behaviour: Mutex<Behaviour>,
+    /// Behaviours for requests naming one upstream model, over `behaviour`.
+    by_model: Mutex<Vec<(String, Behaviour)>>,
     received: Mutex<Vec<Received>>,
     connections: AtomicUsize,
 }
@@ -81,6 +83,13 @@ impl FakeOpenAi {
     /// Changes how the following requests are answered.
     pub fn set_behaviour(&self, behaviour: Behaviour) {
         *self.shared.behaviour.lock().unwrap() = behaviour;
+    }
+
+    /// Changes how the following requests for upstream model `model` are answered.
+    pub fn set_behaviour_for(&self, model: &str, behaviour: Behaviour) {
+        let mut by_model = self.shared.by_model.lock().unwrap();
+        by_model.retain(|(m, _)| m != model);
+        by_model.push((model.to_owned(), behaviour));
     }
 
     /// The JSON bodies received so far, in order (`null` for a body that is not JSON).
@@ -152,7 +161,15 @@ async fn chat(
         });
         ask
     };
-    let behaviour = shared.behaviour.lock().unwrap().clone();
+    let model = ask.model.as_str().unwrap_or_default().to_owned();
+    let for_model = shared
+        .by_model
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|(m, _)| *m == model)
+        .map(|(_, b)| b.clone());
+    let behaviour = for_model.unwrap_or_else(|| shared.behaviour.lock().unwrap().clone());
     reply::respond(behaviour, ask).await
 }
 

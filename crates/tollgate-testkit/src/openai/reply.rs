@@ -44,7 +44,7 @@ struct Script {
     end: End,
 }
 
-pub(super) async fn respond(behaviour: Behaviour, ask: Ask) -> Response {
+pub(super) async fn respond(behaviour: Behaviour, mut ask: Ask) -> Response {
     let script = |reply_tokens, usage, end| Script {
         reply_tokens,
         delay: Duration::ZERO,
@@ -65,6 +65,10 @@ pub(super) async fn respond(behaviour: Behaviour, ask: Ask) -> Response {
             Reported::Completion(completion_tokens),
             End::Done,
         ),
+        Behaviour::Overlong { reply_tokens } => {
+            ask.max_tokens = None;
+            script(reply_tokens, Reported::Nothing, End::Done)
+        }
         Behaviour::HangAfter { chunks } => script(chunks, Reported::Nothing, End::Hang),
         Behaviour::CutAfter { chunks } => script(chunks, Reported::Nothing, End::Cut),
         Behaviour::Hang => return std::future::pending().await,

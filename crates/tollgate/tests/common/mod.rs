@@ -329,3 +329,109 @@ pub fn sse_data(text: &str) -> Vec<String> {
         })
         .collect()
 }
+
+/// Starts `tollgate serve` expecting it to refuse to start; returns what it printed.
+pub fn serve_refused(db_url: &str, env: &[(&str, &str)]) -> String {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--database-url", db_url])
+        .env_remove("OPENAI_API_KEY")
+        .env_remove("OPENAI_BASE_URL")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (k, v) in fast_env()
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .chain(env.iter().copied())
+    {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn tollgate");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            assert!(!status.success(), "serve exited successfully");
+            let mut err = String::new();
+            std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut err)
+                .expect("stderr");
+            return err;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("serve was expected to refuse to start, and kept running");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A whole SSE reply's data payloads and the `meta.usage.credits_used` of its last chunk
+/// (`None` when the stream did not end with `[DONE]`).
+pub async fn read_stream(resp: reqwest::Response) -> (Vec<String>, Option<i64>) {
+    let text = resp.text().await.expect("stream body");
+    let data = sse_data(&text);
+    let credits = (data.last().map(String::as_str) == Some("[DONE]") && data.len() >= 2)
+        .then(|| serde_json::from_str::<Value>(&data[data.len() - 2]).ok())
+        .flatten()
+        .and_then(|v| v["meta"]["usage"]["credits_used"].as_i64());
+    (data, credits)
+}
+
+/// Runs one SQL query returning a BIGINT against a test database (SQLite or PostgreSQL).
+pub async fn sql_int(db_url: &str, sql: &str) -> i64 {
+    if db_url.starts_with("sqlite:") {
+        let pool = sqlx::SqlitePool::connect(db_url).await.expect("sqlite");
+        let v = sqlx::query_scalar::<_, i64>(sql).fetch_one(&pool).await;
+        pool.close().await;
+        v.unwrap_or_else(|e| panic!("{sql}: {e}"))
+    } else {
+        let pool = sqlx::PgPool::connect(db_url).await.expect("postgres");
+        let v = sqlx::query_scalar::<_, i64>(sql).fetch_one(&pool).await;
+        pool.close().await;
+        v.unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+}
+
+/// Runs SQL statements against a test database (SQLite or PostgreSQL).
+pub async fn sql_exec(db_url: &str, statements: &[&str]) {
+    if db_url.starts_with("sqlite:") {
+        let pool = sqlx::SqlitePool::connect(db_url).await.expect("sqlite");
+        for s in statements {
+            sqlx::query(s)
+                .execute(&pool)
+                .await
+                .unwrap_or_else(|e| panic!("{s}: {e}"));
+        }
+        pool.close().await;
+    } else {
+        let pool = sqlx::PgPool::connect(db_url).await.expect("postgres");
+        for s in statements {
+            sqlx::query(s)
+                .execute(&pool)
+                .await
+                .unwrap_or_else(|e| panic!("{s}: {e}"));
+        }
+        pool.close().await;
+    }
+}
+
+/// The sum of the account's `MODEL_USAGE` charges and of its usage rows' credits.
+pub async fn charged(db_url: &str, email: &str) -> (i64, i64) {
+    let ledger = sql_int(db_url, &format!(
+        "SELECT CAST(COALESCE(SUM(l.amount), 0) AS BIGINT) FROM ledger l JOIN accounts a ON a.id = l.account_id
+         WHERE a.email = '{email}' AND l.type = 'MODEL_USAGE'"
+    ))
+    .await;
+    let rows = sql_int(db_url, &format!(
+        "SELECT CAST(COALESCE(SUM(u.credits), 0) AS BIGINT) FROM usage_logs u JOIN accounts a ON a.id = u.account_id
+         WHERE a.email = '{email}'"
+    ))
+    .await;
+    (ledger, rows)
+}
+
+/// Asserts `tollgate ledger check` passes, and returns its report.
+pub fn ledger_ok(db_url: &str) -> Value {
+    let (ok, out, err) = cli(db_url, &["ledger", "check"]);
+    assert!(ok, "ledger check failed: {out} {err}");
+    out
+}
