@@ -1,7 +1,7 @@
 //! The whole route table in one function.
 
 use crate::middleware::request::request_context;
-use crate::routes::{fallback, health, v1};
+use crate::routes::{fallback, health, metrics, v1};
 use crate::state::AppState;
 use axum::http::{HeaderName, Method};
 use axum::routing::{get, post};
@@ -39,6 +39,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/metrics", get(metrics::metrics))
         .route("/v1/chat/completions", post(v1::chat_completions::handle))
         .route("/chat/completions", post(v1::chat_completions::handle))
         .route("/v1/models", get(v1::models::list))

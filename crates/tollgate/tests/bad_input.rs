@@ -216,6 +216,26 @@ async fn outside_write(pool: &sqlx::SqlitePool, sql: &str) {
 }
 
 #[tokio::test]
+async fn a_suspended_accounts_keys_get_403_saying_so() {
+    let db = TestDb::sqlite();
+    let server = Server::start(&db.url, &[]);
+    let key = account(&db.url, "suspended@example.com", None);
+    let body = chat_body(FREE, json!({}));
+    assert_eq!(post_chat(&server, &key, &body).await.status(), 200);
+    let pool = sqlx::SqlitePool::connect(&db.url).await.unwrap();
+    outside_write(&pool, "UPDATE accounts SET suspended = TRUE").await;
+    let msg = expect_error(
+        post_chat(&server, &key, &body).await,
+        403,
+        "account_suspended",
+    )
+    .await;
+    assert!(msg.contains("suspended"), "{msg}");
+    outside_write(&pool, "UPDATE accounts SET suspended = FALSE").await;
+    assert_eq!(post_chat(&server, &key, &body).await.status(), 200);
+}
+
+#[tokio::test]
 async fn missing_unknown_and_disabled_keys_get_401() {
     let db = TestDb::sqlite();
     let server = Server::start(&db.url, &[]);

@@ -314,3 +314,97 @@ priority = 0
         .starts_with("Demo reply"));
     assert_eq!(fake.request_count(), 1);
 }
+
+/// An upstream that ignores `max_tokens` and reports no usage: the local count of what it
+/// sent is an estimate, charged up to the hold and never past it, so the key's spending
+/// limit holds too.
+#[tokio::test]
+async fn an_estimate_past_the_hold_is_charged_the_hold_and_keeps_the_key_limit() {
+    let db = TestDb::sqlite();
+    let fake = FakeOpenAi::start(Behaviour::Overlong { reply_tokens: 300 }).await;
+    let server = start(&db, &fake.base_url(), &[]);
+    let key = account(&db.url, "estimate@example.com", Some("4242424242424242"));
+    // Room for one request with 10 output tokens (a hold of about 17 credits), not two.
+    sql_exec(
+        &db.url,
+        &["UPDATE api_keys SET limit_retention = 'no_reset', limit_threshold = 20"],
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    for stream in [false, true] {
+        let body = chat_body(MINI, json!({"max_tokens": 10, "stream": stream}));
+        let resp = post_chat(&server, &key, &body).await;
+        if stream {
+            // The first request spent the limit's room for this one's prompt and more.
+            expect_error(resp, 403, "key_limit_reached").await;
+            continue;
+        }
+        assert_eq!(resp.status(), 200);
+        let body: Value = resp.json().await.unwrap();
+        let credits = body["meta"]["usage"]["credits_used"].as_i64().unwrap();
+        assert!(
+            credits <= 20,
+            "an estimate charged past the hold: {credits}"
+        );
+        assert!(
+            body["choices"][0]["message"]["content"]
+                .as_str()
+                .unwrap()
+                .split(' ')
+                .count()
+                > 200,
+            "the upstream sent its overlong reply"
+        );
+    }
+    let spent = sql_int(&db.url, "SELECT limit_spent FROM api_keys").await;
+    assert!(spent <= 20, "the key went past its limit: {spent}");
+    assert_eq!(
+        sql_int(
+            &db.url,
+            "SELECT COUNT(*) FROM usage_logs WHERE charge_capped = 'hold'"
+        )
+        .await,
+        1
+    );
+    assert!(!server
+        .drain_logs()
+        .iter()
+        .any(|l| l.contains("more output than allowed")));
+    ledger_ok(&db.url);
+}
+
+/// An upstream that reports more output than allowed on every reply: each is counted, and the
+/// log gets one line a minute for the model and provider, not one per reply.
+#[tokio::test]
+async fn overages_are_counted_and_logged_once_per_interval() {
+    let db = TestDb::sqlite();
+    let fake = FakeOpenAi::start(Behaviour::LieUsage {
+        completion_tokens: 20,
+    })
+    .await;
+    let server = start(&db, &fake.base_url(), &[]);
+    let key = account(&db.url, "flood@example.com", Some("4242424242424242"));
+    for _ in 0..40 {
+        let resp = post_chat(&server, &key, &chat_body(MINI, json!({"max_tokens": 10}))).await;
+        assert_eq!(resp.status(), 200);
+    }
+    let lines = server
+        .drain_logs()
+        .into_iter()
+        .filter(|l| l.contains("more output than allowed"))
+        .count();
+    assert_eq!(lines, 1);
+    let metrics = client()
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("tollgate_upstream_overages_total 40\n"),
+        "{metrics}"
+    );
+    ledger_ok(&db.url);
+}

@@ -2,4 +2,5 @@
 
 pub mod fallback;
 pub mod health;
+pub mod metrics;
 pub mod v1;
