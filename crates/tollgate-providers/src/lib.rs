@@ -9,6 +9,8 @@
 //! - [`openai_compat`]: OpenAI and every service speaking its wire format (vendors are data).
 //! - [`demo`]: the built-in offline provider with deterministic output.
 //! - [`registry`]: provider ids to adapters.
+//! - [`secret`]: configured secrets, URLs printed without credentials, and the redaction of
+//!   upstream text.
 
 pub mod adapter;
 pub mod body;
@@ -17,6 +19,7 @@ pub mod error;
 pub mod http;
 pub mod openai_compat;
 pub mod registry;
+pub mod secret;
 pub mod sse;
 
 pub use adapter::{ChatCall, ChatProvider, ChatReply, ChunkStream, Timeouts};

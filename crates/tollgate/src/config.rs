@@ -11,6 +11,7 @@ use std::time::Duration;
 use tollgate_core::money::{CreditRate, Credits};
 use tollgate_core::settings::{FreeTier, Settings};
 use tollgate_providers::demo::DemoConfig;
+use tollgate_providers::secret::{redact_url, ConfigUrl, Secret};
 use tollgate_providers::Timeouts;
 
 const DEFAULTS: &str = include_str!("../../../config/default.toml");
@@ -113,20 +114,10 @@ struct RawLog {
     level: String,
 }
 
-/// A secret whose Debug output is redacted.
-#[derive(Clone, Default, PartialEq, Eq)]
-pub struct Secret(pub String);
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.is_empty() { "\"\"" } else { "*****" })
-    }
-}
-
 #[derive(Debug, Clone)]
 pub struct OpenAiConfig {
-    pub api_key: Secret,
-    pub base_url: String,
+    pub api_key: Secret<String>,
+    pub base_url: ConfigUrl,
 }
 
 /// The validated configuration.
@@ -137,7 +128,7 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Server worker threads, each with its own runtime.
     pub threads: usize,
-    pub database_url: String,
+    pub database_url: ConfigUrl,
     pub settings: Settings,
     pub reaper_interval: Duration,
     pub demo: Option<DemoConfig>,
@@ -206,7 +197,8 @@ fn validate(raw: Raw) -> anyhow::Result<Config> {
         || url.starts_with("postgresql:"))
     {
         bail!(
-            "invalid configuration: `database.url` = `{url}` must start with sqlite: or postgres:"
+            "invalid configuration: `database.url` = `{}` must start with sqlite: or postgres:",
+            redact_url(&url)
         );
     }
     let b = &raw.billing;
@@ -255,11 +247,12 @@ fn validate(raw: Raw) -> anyhow::Result<Config> {
     // Empty until `serve` knows its bound port (see `node_id_for`).
     let node_id = raw.node.id.trim().to_owned();
     let openai = (!raw.providers.openai.api_key.trim().is_empty()).then(|| OpenAiConfig {
-        api_key: Secret(raw.providers.openai.api_key.trim().to_owned()),
-        base_url: raw.providers.openai.base_url.trim().to_owned(),
+        api_key: Secret::new(raw.providers.openai.api_key.trim().to_owned()),
+        base_url: ConfigUrl::new(raw.providers.openai.base_url.trim()),
     });
     if let Some(o) = &openai {
-        if !(o.base_url.starts_with("http://") || o.base_url.starts_with("https://")) {
+        let url = o.base_url.as_str();
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
             bail!(
                 "invalid configuration: `providers.openai.base_url` = `{}` must be an http(s) URL",
                 o.base_url
@@ -278,7 +271,7 @@ fn validate(raw: Raw) -> anyhow::Result<Config> {
             0 => std::thread::available_parallelism().map_or(1, usize::from),
             n => n,
         },
-        database_url: url,
+        database_url: ConfigUrl::new(url),
         settings: Settings {
             rate: CreditRate(b.credits_per_usd),
             billing_url: b.billing_url.trim().to_owned(),
@@ -343,7 +336,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.listen.port(), 9999);
-        assert_eq!(c.database_url, "sqlite://x.db");
+        assert_eq!(c.database_url.as_str(), "sqlite://x.db");
         assert_eq!(c.settings.verified_grant, Credits(50_000));
         assert_eq!(c.settings.free_tier.max_output_tokens, 512);
     }

@@ -48,7 +48,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
 
     let reaper = tokio::spawn(reap(store.clone(), config.reaper_interval));
     let mut server = tollgate_http::server::Server::start(listener, app, config.threads)?;
-    tracing::info!(%addr, node = %config.settings.node_id, threads = config.threads, database = %redact(&config.database_url), "tollgate listening on http://{addr}");
+    tracing::info!(%addr, node = %config.settings.node_id, threads = config.threads, database = %config.database_url, "tollgate listening on http://{addr}");
     shutdown_signal().await;
     tracing::info!(grace = ?config.shutdown_grace, "shutting down: no new connections; finishing in-flight requests");
     if !server.drain(config.shutdown_grace).await {
@@ -77,13 +77,6 @@ fn raise_open_files() {
     match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(limit) => tracing::info!(limit, "open-file limit"),
         Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit"),
-    }
-}
-
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => format!("{}://*****{}", &url[..s], &url[at..]),
-        _ => url.to_owned(),
     }
 }
 

@@ -9,6 +9,7 @@ use tollgate_core::service::Accounts;
 use tollgate_core::store::Store;
 use tollgate_providers::demo::Demo;
 use tollgate_providers::openai_compat::OpenAiCompat;
+use tollgate_providers::secret::Redactor;
 use tollgate_providers::Registry;
 
 /// The catalogue files compiled into the binary.
@@ -24,7 +25,7 @@ const BUILT_IN: &[(&str, &str)] = &[
 ];
 
 pub async fn store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
-    tollgate_store::connect(&config.database_url)
+    tollgate_store::connect(config.database_url.as_str())
         .await
         .map_err(anyhow::Error::msg)
 }
@@ -35,17 +36,22 @@ pub fn accounts(config: &Config, store: Arc<dyn Store>) -> Accounts {
 
 pub fn providers(config: &Config) -> anyhow::Result<Registry> {
     let mut registry = Registry::new();
+    // Every configured provider secret is taken out of any provider's upstream text.
+    let redactor = Arc::new(Redactor::new(
+        config.openai.iter().map(|o| o.api_key.expose().clone()),
+    ));
     if let Some(demo) = config.demo {
         registry.insert("demo", Arc::new(Demo::new(demo)));
     }
     if let Some(openai) = &config.openai {
         let adapter = OpenAiCompat::new(
-            &openai.base_url,
-            openai.api_key.0.clone(),
+            openai.base_url.as_str(),
+            openai.api_key.expose().clone(),
             config.settings.upstream_timeouts.connect,
         )
         .map_err(anyhow::Error::msg)
-        .context("cannot build the openai provider")?;
+        .context("cannot build the openai provider")?
+        .with_redactor(redactor.clone());
         registry.insert("openai", Arc::new(adapter));
     }
     Ok(registry)

@@ -240,14 +240,37 @@ fn config_show_redacts_secrets_and_bad_config_names_the_field() {
     let out = std::process::Command::new(BIN)
         .args(["config", "show"])
         .env("OPENAI_API_KEY", "sk-very-secret")
+        .env(
+            "OPENAI_BASE_URL",
+            "https://proxyuser:proxypass@llm.example.com/v1?api_key=querysecret&region=eu",
+        )
+        .env(
+            "TOLLGATE__DATABASE__URL",
+            "postgres://tollgate:dbpassword@db.example.com/tg?sslpassword=sslsecret&sslmode=require",
+        )
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success());
-    assert!(
-        !text.contains("sk-very-secret") && text.contains("*****"),
-        "{text}"
-    );
+    for secret in [
+        "sk-very-secret",
+        "proxypass",
+        "proxyuser",
+        "querysecret",
+        "dbpassword",
+        "sslsecret",
+    ] {
+        assert!(!text.contains(secret), "{secret} shown: {text}");
+    }
+    for kept in [
+        "llm.example.com/v1",
+        "region=eu",
+        "db.example.com/tg",
+        "sslmode=require",
+        "*****",
+    ] {
+        assert!(text.contains(kept), "{kept} missing: {text}");
+    }
 
     let out = std::process::Command::new(BIN)
         .args(["config", "show"])

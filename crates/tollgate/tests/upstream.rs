@@ -408,3 +408,49 @@ async fn overages_are_counted_and_logged_once_per_interval() {
     );
     ledger_ok(&db.url);
 }
+
+/// An upstream whose error messages echo its credential: the tenant gets the provider's
+/// message with the secret taken out, and neither the key nor anything shaped like one
+/// reaches the log, on errors passed on, failed-over or cut mid-stream.
+#[tokio::test]
+async fn upstream_errors_that_echo_a_credential_are_redacted_everywhere() {
+    let db = TestDb::sqlite();
+    let echo = "Incorrect API key provided: sk-upstream-test. Also seen: Bearer sk-upstream-test, sk-proj-Zx81Qw93Er55Ty20.";
+    let fake = FakeOpenAi::start(Behaviour::invalid_request(echo)).await;
+    let server = start(&db, &fake.base_url(), &[]);
+    let key = account(&db.url, "echo@example.com", Some("4242424242424242"));
+    let resp = post_chat(&server, &key, &chat_body(MINI, json!({}))).await;
+    let msg = expect_error(resp, 400, "unsupported_value").await;
+    assert!(msg.contains("Incorrect API key provided: *****."), "{msg}");
+    for leaked in ["sk-upstream-test", "sk-proj-Zx81Qw93Er55Ty20"] {
+        assert!(!msg.contains(leaked), "{msg}");
+    }
+    // A 429 echoing the key is logged as the route fails.
+    fake.set_behaviour(Behaviour::Error {
+        status: 429,
+        body: json!({"error": {"message": format!("Rate limit for key {}", "sk-upstream-test")}})
+            .to_string(),
+        retry_after: Some(1),
+    });
+    let resp = post_chat(&server, &key, &chat_body(MINI, json!({}))).await;
+    expect_error(resp, 429, "rate_limited").await;
+    let logs = server.drain_logs();
+    assert!(logs.iter().any(|l| l.contains("route failed")), "{logs:?}");
+    for line in &logs {
+        assert!(
+            !line.contains("sk-upstream-test") && !line.contains("sk-proj-"),
+            "{line}"
+        );
+    }
+}
+
+/// The serve log names its database without the credentials in its URL.
+#[tokio::test]
+async fn the_serve_log_shows_urls_without_credentials() {
+    let db = TestDb::sqlite();
+    let url = format!("{}?password=hunter2", db.url);
+    let server = Server::start(&url, &[]);
+    let logs = server.drain_logs().join("\n");
+    assert!(logs.contains("password=*****"), "{logs}");
+    assert!(!logs.contains("hunter2"), "{logs}");
+}

@@ -2,6 +2,7 @@
 
 use crate::error::{Deadline, ProviderError};
 use crate::http::{SendError, UpstreamBody};
+use crate::secret::Redactor;
 use serde_json::Value;
 
 /// Most of an upstream error body kept in a message.
@@ -10,19 +11,21 @@ const MAX_MESSAGE: usize = 500;
 const MAX_ERROR_BODY: usize = 64 * 1024;
 
 /// A request that got no response: the connection failed, timed out or closed first.
-pub(super) fn from_client(e: SendError) -> ProviderError {
+pub(super) fn from_client(e: SendError, redactor: &Redactor) -> ProviderError {
     match e {
         SendError::ConnectTimeout => ProviderError::Timeout(Deadline::Connect),
-        SendError::Connect(why) => ProviderError::Connect(why),
+        SendError::Connect(why) => ProviderError::Connect(redactor.redact(&why).into_owned()),
         // Connected, then the upstream closed or broke the connection before a response.
         SendError::Failed => ProviderError::Cut,
     }
 }
 
-/// Reads an OpenAI error body (`{"error": {"message": ...}}`) from a non-2xx response.
+/// Reads an OpenAI error body (`{"error": {"message": ...}}`) from a non-2xx response; its
+/// message, redacted, is kept.
 pub(super) async fn from_response(
     response: hyper::Response<UpstreamBody>,
     deadline: tokio::time::Instant,
+    redactor: &Redactor,
 ) -> ProviderError {
     let status = response.status().as_u16();
     let retry_after = response
@@ -46,7 +49,7 @@ pub(super) async fn from_response(
                 .map(str::to_owned)
         })
         .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
-    let mut message = message.trim().to_owned();
+    let mut message = redactor.redact(message.trim()).into_owned();
     if message.len() > MAX_MESSAGE {
         let mut cut = MAX_MESSAGE;
         while !message.is_char_boundary(cut) {

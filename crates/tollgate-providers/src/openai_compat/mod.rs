@@ -7,10 +7,12 @@ use crate::adapter::{ChatCall, ChatProvider, ChatReply};
 use crate::body::{self, Read, MAX_BODY};
 use crate::error::{Deadline, ProviderError};
 use crate::http::HttpClient;
+use crate::secret::Redactor;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::header::{HeaderValue, ACCEPT_ENCODING, AUTHORIZATION, CONTENT_TYPE};
 use hyper::Uri;
+use std::sync::Arc;
 use std::time::Duration;
 use tollgate_protocol::openai::ChatCompletion;
 
@@ -19,6 +21,8 @@ pub struct OpenAiCompat {
     client: HttpClient,
     chat_url: Uri,
     authorization: HeaderValue,
+    /// Applied to every upstream text this adapter passes on (error messages).
+    redactor: Arc<Redactor>,
 }
 
 impl OpenAiCompat {
@@ -39,7 +43,15 @@ impl OpenAiCompat {
             client: HttpClient::new(connect_timeout),
             chat_url,
             authorization,
+            redactor: Arc::new(Redactor::new([api_key])),
         })
+    }
+
+    /// Redacts upstream text with `redactor` (every configured provider's secrets) instead
+    /// of this adapter's own key alone.
+    pub fn with_redactor(mut self, redactor: Arc<Redactor>) -> Self {
+        self.redactor = redactor;
+        self
     }
 }
 
@@ -61,15 +73,18 @@ impl ChatProvider for OpenAiCompat {
                 return Err(ProviderError::Timeout(Deadline::FirstByte))
             }
             Err(_) => return Err(ProviderError::Timeout(Deadline::Total)),
-            Ok(Err(e)) => return Err(error::from_client(e)),
+            Ok(Err(e)) => return Err(error::from_client(e, &self.redactor)),
             Ok(Ok(r)) => r,
         };
         if !response.status().is_success() {
-            return Err(error::from_response(response, deadline).await);
+            return Err(error::from_response(response, deadline, &self.redactor).await);
         }
         if call.stream {
             return Ok(ChatReply::Stream(stream::chunks(
-                response, first_byte, deadline,
+                response,
+                first_byte,
+                deadline,
+                self.redactor.clone(),
             )));
         }
         let read = body::read(response.into_body(), MAX_BODY);

@@ -3,12 +3,14 @@
 use crate::adapter::ChunkStream;
 use crate::error::{Deadline, ProviderError};
 use crate::http::UpstreamBody;
+use crate::secret::Redactor;
 use crate::sse::{Decoder, MAX_EVENT};
 use futures::{ready, Stream};
 use hyper::body::Body;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use tollgate_protocol::openai::chunk::Chunk;
 
@@ -31,12 +33,14 @@ struct Chunks {
     /// Set for whichever deadline applies; reset only when that changes, not per read.
     timer: Pin<Box<tokio::time::Sleep>>,
     done: bool,
+    redactor: Arc<Redactor>,
 }
 
 pub(super) fn chunks(
     response: hyper::Response<UpstreamBody>,
     first_event: tokio::time::Instant,
     deadline: tokio::time::Instant,
+    redactor: Arc<Redactor>,
 ) -> ChunkStream {
     Box::pin(Chunks {
         body: response.into_body(),
@@ -46,6 +50,7 @@ pub(super) fn chunks(
         deadline,
         timer: Box::pin(tokio::time::sleep_until(first_event.min(deadline))),
         done: false,
+        redactor,
     })
 }
 
@@ -57,7 +62,7 @@ impl Stream for Chunks {
         loop {
             if let Some(next) = st.pending.pop_front() {
                 let item = match next {
-                    Pending::Data(data) => parse_event(data),
+                    Pending::Data(data) => parse_event(data, &st.redactor),
                     Pending::Failed(e) => Err(e),
                 };
                 if item.is_err() {
@@ -123,12 +128,12 @@ impl Stream for Chunks {
 }
 
 /// One event's data as a chunk, or the error it stands for.
-fn parse_event(data: String) -> Result<Chunk, ProviderError> {
+fn parse_event(data: String, redactor: &Redactor) -> Result<Chunk, ProviderError> {
     match Chunk::parse(data) {
         Ok(chunk) => match chunk.error_message() {
             Some(message) => Err(ProviderError::Status {
                 status: 500,
-                message,
+                message: redactor.redact(&message).into_owned(),
                 retry_after: None,
             }),
             None => Ok(chunk),
