@@ -199,6 +199,8 @@ impl Tollgate {
             .env("OPENAI_API_KEY", "bench")
             .env("OPENAI_BASE_URL", format!("http://{mock}/v1"))
             .env("TOLLGATE_LOG", "warn")
+            // Every load comes from one address (loopback): no per-peer connection cap.
+            .env("TOLLGATE__SERVER__MAX_CONNECTIONS_PER_PEER", "0")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log_file)

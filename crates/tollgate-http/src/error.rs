@@ -4,16 +4,31 @@
 //! extension, and the `error_body` middleware (which knows the path and request id) writes
 //! the final body. Building a response has no side effects; the middleware logs.
 
+use crate::server::Refusal;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use std::time::Duration;
 use tollgate_core::Error;
 
 #[derive(Debug, Clone)]
 pub enum ApiError {
     Domain(Error),
-    RouteNotFound { method: String, path: String },
+    RouteNotFound {
+        method: String,
+        path: String,
+    },
     MethodNotAllowed,
-    PayloadTooLarge { limit: usize },
+    PayloadTooLarge {
+        limit: usize,
+    },
+    /// The request body stopped arriving for longer than the server waits between reads.
+    BodyStalled {
+        after: Duration,
+    },
+    /// Requests in flight hold the memory budget; this one's body would pass it.
+    MemoryBusy,
+    /// The connection was over a connection cap.
+    TooManyConnections(Refusal),
 }
 
 impl From<Error> for ApiError {
@@ -125,6 +140,30 @@ impl ApiError {
                 "payload_too_large",
                 None,
             ),
+            Self::BodyStalled { .. } => (
+                S::REQUEST_TIMEOUT,
+                "invalid_request_error",
+                "request_timeout",
+                None,
+            ),
+            Self::MemoryBusy => (
+                S::SERVICE_UNAVAILABLE,
+                "server_error",
+                "service_unavailable",
+                Some(1),
+            ),
+            Self::TooManyConnections(Refusal::PerPeer { .. }) => (
+                S::TOO_MANY_REQUESTS,
+                "rate_limit_error",
+                "rate_limited",
+                Some(1),
+            ),
+            Self::TooManyConnections(Refusal::Total { .. }) => (
+                S::SERVICE_UNAVAILABLE,
+                "server_error",
+                "service_unavailable",
+                Some(1),
+            ),
         }
     }
 
@@ -138,6 +177,17 @@ impl ApiError {
             Self::PayloadTooLarge { limit } => {
                 format!("The request body is larger than the limit of {limit} bytes.")
             }
+            Self::BodyStalled { after } => format!(
+                "The request body stopped arriving: nothing came for {} s.",
+                after.as_secs()
+            ),
+            Self::MemoryBusy => "The server is busy with other large requests; retry shortly.".to_owned(),
+            Self::TooManyConnections(Refusal::PerPeer { limit }) => format!(
+                "Too many connections from your address: at most {limit} are served at once. Close idle connections, or retry shortly."
+            ),
+            Self::TooManyConnections(Refusal::Total { limit }) => format!(
+                "The server is at its limit of {limit} open connections; retry shortly."
+            ),
         }
     }
 }

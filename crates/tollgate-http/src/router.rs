@@ -1,7 +1,9 @@
 //! The whole route table in one function.
 
+use crate::error::ApiError;
 use crate::middleware::request::request_context;
 use crate::routes::{fallback, health, metrics, v1};
+use crate::server::Refusal;
 use crate::state::AppState;
 use axum::http::{HeaderName, Method};
 use axum::routing::{get, post};
@@ -18,6 +20,15 @@ const EXPOSED: &[&str] = &[
     "retry-after",
     "server-timing",
 ];
+
+/// What a connection refused at a cap is served: its error, whatever it asked, but for the
+/// liveness check, which stays answered at the caps.
+pub(crate) fn refusal(refusal: Refusal) -> Router {
+    Router::new()
+        .route("/healthz", get(health::healthz))
+        .fallback(move || async move { ApiError::TooManyConnections(refusal) })
+        .layer(axum::middleware::from_fn(request_context))
+}
 
 pub fn router(state: AppState) -> Router {
     let cors = CorsLayer::new()

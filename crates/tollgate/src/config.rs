@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tollgate_core::money::{CreditRate, Credits};
 use tollgate_core::settings::{FreeTier, Settings};
+use tollgate_http::server::Limits;
+use tollgate_http::state::BodyConfig;
 use tollgate_providers::demo::DemoConfig;
 use tollgate_providers::secret::{redact_url, ConfigUrl, Secret};
 use tollgate_providers::Timeouts;
@@ -37,6 +39,12 @@ struct RawServer {
     body_limit_bytes: u64,
     shutdown_grace_seconds: u64,
     threads: usize,
+    first_byte_timeout_seconds: f64,
+    header_timeout_seconds: f64,
+    body_read_timeout_seconds: f64,
+    max_connections: usize,
+    max_connections_per_peer: usize,
+    request_memory_limit_bytes: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -124,7 +132,10 @@ pub struct OpenAiConfig {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
-    pub body_limit: usize,
+    pub body: BodyConfig,
+    /// Connection deadlines and caps; `max_connections` 0 is worked out at start from the
+    /// open-file limit ([`connection_cap`]).
+    pub connections: Limits,
     pub shutdown_grace: Duration,
     /// Server worker threads, each with its own runtime.
     pub threads: usize,
@@ -241,9 +252,27 @@ fn validate(raw: Raw) -> anyhow::Result<Config> {
             b.hold_lease_seconds
         );
     }
-    if raw.server.body_limit_bytes == 0 {
-        bail!("invalid configuration: `server.body_limit_bytes` must be positive");
+    let sv = &raw.server;
+    if sv.body_limit_bytes == 0 || sv.request_memory_limit_bytes == 0 {
+        bail!("invalid configuration: `server.body_limit_bytes` and `server.request_memory_limit_bytes` must be positive");
     }
+    let connections = Limits {
+        first_byte: seconds(
+            "server.first_byte_timeout_seconds",
+            sv.first_byte_timeout_seconds,
+        )?,
+        header: seconds("server.header_timeout_seconds", sv.header_timeout_seconds)?,
+        max_connections: sv.max_connections,
+        max_connections_per_peer: sv.max_connections_per_peer,
+    };
+    let body = BodyConfig {
+        max: usize::try_from(sv.body_limit_bytes).unwrap_or(usize::MAX),
+        read_timeout: seconds(
+            "server.body_read_timeout_seconds",
+            sv.body_read_timeout_seconds,
+        )?,
+        memory: usize::try_from(sv.request_memory_limit_bytes).unwrap_or(usize::MAX),
+    };
     // Empty until `serve` knows its bound port (see `node_id_for`).
     let node_id = raw.node.id.trim().to_owned();
     let openai = (!raw.providers.openai.api_key.trim().is_empty()).then(|| OpenAiConfig {
@@ -265,7 +294,8 @@ fn validate(raw: Raw) -> anyhow::Result<Config> {
     });
     Ok(Config {
         listen,
-        body_limit: usize::try_from(raw.server.body_limit_bytes).unwrap_or(usize::MAX),
+        body,
+        connections,
         shutdown_grace: Duration::from_secs(raw.server.shutdown_grace_seconds),
         threads: match raw.server.threads {
             0 => std::thread::available_parallelism().map_or(1, usize::from),
@@ -293,6 +323,15 @@ fn validate(raw: Raw) -> anyhow::Result<Config> {
         catalog_files: raw.catalog.files,
         log_level: raw.log.level,
     })
+}
+
+/// The connection cap when none is configured: room for two sockets per connection (a
+/// stream holds the client's and the upstream's) within the open-file limit, after 256
+/// descriptors for everything else (the database, refused connections being answered).
+pub fn connection_cap(open_file_limit: u64) -> usize {
+    usize::try_from(open_file_limit.saturating_sub(256) / 2)
+        .unwrap_or(usize::MAX)
+        .max(1)
 }
 
 /// The configured node id, else `<hostname>:<bound port>`: stable across restarts on the same

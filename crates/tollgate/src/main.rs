@@ -37,6 +37,7 @@ fn main() -> ExitCode {
         &config.log_level,
         matches!(cli.command, Command::Serve { .. }),
     );
+    return_memory_to_the_system();
     // `serve` runs one single-threaded runtime per worker thread (this one is the first);
     // operator commands need no more than one thread either.
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -78,6 +79,16 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// jemalloc purges freed pages only when a thread allocates again; its background threads
+/// purge them after their decay time (10 s) whether or not more requests come, so the memory
+/// a burst of large requests took goes back to the system.
+fn return_memory_to_the_system() {
+    #[cfg(feature = "jemalloc")]
+    if let Err(e) = tikv_jemalloc_ctl::background_thread::write(true) {
+        tracing::warn!(error = %e, "jemalloc's background threads could not be started");
     }
 }
 

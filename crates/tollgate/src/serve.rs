@@ -9,7 +9,10 @@ use tollgate_core::relay::Relay;
 use tollgate_http::AppState;
 
 pub async fn run(mut config: Config) -> anyhow::Result<()> {
-    raise_open_files();
+    let open_files = raise_open_files();
+    if config.connections.max_connections == 0 {
+        config.connections.max_connections = crate::config::connection_cap(open_files);
+    }
     tollgate_core::relay::warm_up();
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;
@@ -44,11 +47,22 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         )?),
         None => None,
     };
-    let app = tollgate_http::router(AppState::new(relay.clone(), accounts, config.body_limit));
+    let app = tollgate_http::router(AppState::new(relay.clone(), accounts, config.body));
 
     let reaper = tokio::spawn(reap(store.clone(), config.reaper_interval));
-    let mut server = tollgate_http::server::Server::start(listener, app, config.threads)?;
-    tracing::info!(%addr, node = %config.settings.node_id, threads = config.threads, database = %config.database_url, "tollgate listening on http://{addr}");
+    let mut server = tollgate_http::server::Server::start(
+        listener,
+        app,
+        config.threads,
+        config.connections,
+        metrics,
+    )?;
+    tracing::info!(
+        %addr, node = %config.settings.node_id, threads = config.threads, database = %config.database_url,
+        max_connections = config.connections.max_connections,
+        max_connections_per_peer = config.connections.max_connections_per_peer,
+        "tollgate listening on http://{addr}"
+    );
     shutdown_signal().await;
     tracing::info!(grace = ?config.shutdown_grace, "shutting down: no new connections; finishing in-flight requests");
     if !server.drain(config.shutdown_grace).await {
@@ -70,13 +84,21 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Raises the soft open-file limit to the hard one. A stream holds two descriptors (the
-/// client's socket and the upstream's), so the soft limit many systems start a process with
-/// (1,024) would turn connections away at about 500 concurrent streams.
-fn raise_open_files() {
+/// Raises the soft open-file limit to the hard one and returns it. A stream holds two
+/// descriptors (the client's socket and the upstream's), so the soft limit many systems
+/// start a process with (1,024) would turn connections away at about 500 concurrent streams.
+fn raise_open_files() -> u64 {
     match rlimit::increase_nofile_limit(u64::MAX) {
-        Ok(limit) => tracing::info!(limit, "open-file limit"),
-        Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit"),
+        Ok(limit) => {
+            tracing::info!(limit, "open-file limit");
+            limit
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "could not raise the open-file limit");
+            rlimit::Resource::NOFILE
+                .get()
+                .map_or(1_024, |(soft, _)| soft)
+        }
     }
 }
 

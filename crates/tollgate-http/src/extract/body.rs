@@ -1,8 +1,11 @@
-//! Reads a request body up to the configured limit: over it is 413, never a buffered 64 MiB.
+//! Reads a request body up to the configured limit: over it is 413, never a buffered 64 MiB;
+//! a body that stops arriving for longer than the read deadline is 408; a large one holds
+//! its share of the memory budget while its request runs.
 //!
 //! An oversized body is read and discarded (up to a cap and a deadline) before the 413 is
 //! sent, so a client still writing its body receives the error instead of a broken pipe.
 
+use super::memory::{MemoryBudget, MemoryLease};
 use crate::error::ApiError;
 use axum::body::{Body, Bytes};
 use axum::http::{header, HeaderMap};
@@ -18,7 +21,23 @@ const PRESIZE_CAP: usize = 1 << 20;
 /// Longest time spent discarding an oversized body.
 const DRAIN_TIME: Duration = Duration::from_secs(5);
 
-pub async fn read(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
+/// How a body may be read.
+#[derive(Clone)]
+pub struct BodyLimits {
+    /// Most bytes.
+    pub max: usize,
+    /// Longest wait for the next piece of the body.
+    pub read_timeout: Duration,
+    pub memory: MemoryBudget,
+}
+
+/// The body, and what it holds of the memory budget (keep it until the request is done).
+pub async fn read(
+    headers: &HeaderMap,
+    body: Body,
+    limits: &BodyLimits,
+) -> Result<(Bytes, MemoryLease), ApiError> {
+    let limit = limits.max;
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -28,12 +47,33 @@ pub async fn read(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes
         return Err(ApiError::PayloadTooLarge { limit });
     }
     let mut body = body;
-    // Sized from the declared length rather than grown chunk by chunk, but only up to
-    // PRESIZE_CAP: a length is a claim, and a client that declares megabytes and sends
-    // nothing must not get them reserved.
-    let presize = declared.map_or(0, |n| n.min(limit.min(PRESIZE_CAP) as u64) as usize);
+    let mut lease = MemoryLease::default();
+    if let Some(n) = declared {
+        limits.memory.cover(&mut lease, n as usize)?;
+    }
+    // Sized from the declared length rather than grown chunk by chunk (which would hold up to
+    // twice the body while it doubles), but only as far as the memory lease or PRESIZE_CAP
+    // covers it: a length is a claim, and a client that declares megabytes and sends nothing
+    // must not get them reserved beyond its share of the budget.
+    let presize = declared.map_or(0, |n| {
+        let covered = if lease.covers_any() {
+            limit
+        } else {
+            PRESIZE_CAP
+        };
+        n.min(covered.min(limit) as u64) as usize
+    });
     let mut buf = bytes::BytesMut::with_capacity(presize);
-    while let Some(frame) = body.frame().await {
+    loop {
+        let frame = match tokio::time::timeout(limits.read_timeout, body.frame()).await {
+            Err(_) => {
+                return Err(ApiError::BodyStalled {
+                    after: limits.read_timeout,
+                })
+            }
+            Ok(None) => break,
+            Ok(Some(frame)) => frame,
+        };
         let frame = frame.map_err(|e| {
             Error::Body(BodyError::Malformed(format!(
                 "the body could not be read: {e}"
@@ -44,10 +84,11 @@ pub async fn read(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes
                 drain(body).await;
                 return Err(ApiError::PayloadTooLarge { limit });
             }
+            limits.memory.cover(&mut lease, buf.len() + data.len())?;
             buf.extend_from_slice(&data);
         }
     }
-    Ok(buf.freeze())
+    Ok((buf.freeze(), lease))
 }
 
 async fn drain(mut body: Body) {

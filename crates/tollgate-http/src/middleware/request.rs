@@ -103,19 +103,25 @@ fn finish_error(response: Response, parts: ErrorParts, path: &str, request_id: &
     } else {
         tracing::debug!(%status, code = parts.code, request_id, path, "{}", parts.message);
     }
-    let body = json!({
-        "message": parts.message,
-        "path": path,
-        "requestId": request_id,
-        "statusCode": status.as_u16().to_string(),
-        "timestamp": Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true),
-        "error": {"message": parts.message, "type": parts.kind, "code": parts.code},
-    });
+    let body = error_json(status.as_u16(), &parts, path, request_id);
     let (mut head, _) = response.into_parts();
     head.headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
     head.headers.remove(header::CONTENT_LENGTH);
-    Response::from_parts(head, Body::from(body.to_string()))
+    Response::from_parts(head, Body::from(body))
+}
+
+/// The SPEC §6 error body.
+pub(crate) fn error_json(status: u16, parts: &ErrorParts, path: &str, request_id: &str) -> String {
+    json!({
+        "message": parts.message,
+        "path": path,
+        "requestId": request_id,
+        "statusCode": status.to_string(),
+        "timestamp": Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true),
+        "error": {"message": parts.message, "type": parts.kind, "code": parts.code},
+    })
+    .to_string()
 }

@@ -31,14 +31,16 @@ pub struct ChatRequest {
     /// Number of choices requested (`n`).
     pub choices: u64,
     pub has_image: bool,
-    pub messages: Vec<Message>,
     pub body: RawObject,
+    /// The local estimate of the prompt's tokens, counted once when the request is read.
+    prompt_tokens: u64,
 }
 
-/// The parts of a message that count toward the prompt.
+/// The parts of a message that count toward the prompt, read one message at a time.
 #[derive(Debug, Clone, Default)]
-pub struct Message {
-    pub role: String,
+pub(crate) struct Message {
+    /// One of the roles the format knows.
+    pub role: &'static str,
     pub text: String,
     pub images: u64,
 }
@@ -89,8 +91,16 @@ impl ChatRequest {
             Some(other) => return Err(BodyError::field("model", "string", &other).into()),
             None => return Err(BodyError::missing("model", "string").into()),
         };
-        let messages = parse_messages(field(&body, "messages")?.as_ref())?;
-        let has_image = messages.iter().any(|m| m.images > 0);
+        let mut has_image = false;
+        let mut message_tokens = 0;
+        each_message(&body, |_, m| {
+            has_image |= m.images > 0;
+            message_tokens += MESSAGE_OVERHEAD
+                + role_tokens(m.role)
+                + tokens::count(&m.text)
+                + m.images * IMAGE_TOKENS;
+            Ok(())
+        })?;
         let stream = optional_bool(&body, "stream")?.unwrap_or(false);
         let include_usage = match field(&body, "stream_options")?.as_ref() {
             None | Some(Value::Null) => false,
@@ -134,6 +144,7 @@ impl ChatRequest {
                 }
             }
         }
+        let prompt_tokens = message_tokens + tools_tokens(&body) + 3;
         Ok(Self {
             model,
             stream,
@@ -141,30 +152,26 @@ impl ChatRequest {
             max_tokens,
             choices,
             has_image,
-            messages,
             body,
+            prompt_tokens,
         })
+    }
+
+    /// The text of the last `user` message (the messages are read again, one at a time).
+    pub fn last_user_text(&self) -> String {
+        let mut last = String::new();
+        let _ = each_message(&self.body, |_, m| {
+            if m.role == "user" {
+                last = m.text;
+            }
+            Ok(())
+        });
+        last
     }
 
     /// A local estimate of the prompt's tokens (messages, tools and framing).
     pub fn prompt_tokens(&self) -> u64 {
-        let messages: u64 = self
-            .messages
-            .iter()
-            .map(|m| {
-                MESSAGE_OVERHEAD
-                    + role_tokens(&m.role)
-                    + tokens::count(&m.text)
-                    + m.images * IMAGE_TOKENS
-            })
-            .sum();
-        let tools = field(&self.body, "tools")
-            .ok()
-            .flatten()
-            .filter(|t| !t.is_null())
-            .map(|t| tokens::count(&t.to_string()))
-            .unwrap_or(0);
-        messages + tools + 3
+        self.prompt_tokens
     }
 
     /// The body to send upstream: the client's text with the model named as the upstream
@@ -217,6 +224,16 @@ fn field(body: &RawObject, name: &str) -> Result<Option<Value>, BodyError> {
         .map_err(|e| BodyError::Malformed(format!("field `{name}`: {e}")))
 }
 
+/// The tokens of the tool definitions.
+fn tools_tokens(body: &RawObject) -> u64 {
+    field(body, "tools")
+        .ok()
+        .flatten()
+        .filter(|t| !t.is_null())
+        .map(|t| tokens::count(&t.to_string()))
+        .unwrap_or(0)
+}
+
 /// The tokens of a role name: one of [`ROLES`], counted once.
 fn role_tokens(role: &str) -> u64 {
     static COUNTS: std::sync::OnceLock<Vec<u64>> = std::sync::OnceLock::new();
@@ -250,25 +267,80 @@ fn positive_int(body: &RawObject, name: &str) -> Result<Option<u64>, BodyError> 
     }
 }
 
-fn parse_messages(value: Option<&Value>) -> Result<Vec<Message>, ChatRequestError> {
-    let items = match value {
-        Some(Value::Array(items)) if !items.is_empty() => items,
-        Some(Value::Array(_)) => {
-            return Err(BodyError::Field {
-                field: "messages".into(),
-                expected: "non-empty array".into(),
-                received: "empty array".into(),
-            }
-            .into())
-        }
-        Some(other) => return Err(BodyError::field("messages", "array", other).into()),
-        None => return Err(BodyError::missing("messages", "array").into()),
+/// Reads `messages` one message at a time, calling `each` with each one's position and
+/// parts: only one message at a time is a JSON tree, so a body of many messages costs little
+/// more memory than its own text.
+fn each_message(
+    body: &RawObject,
+    mut each: impl FnMut(usize, Message) -> Result<(), ChatRequestError>,
+) -> Result<(), ChatRequestError> {
+    let Some(text) = body.get("messages") else {
+        return Err(BodyError::missing("messages", "array").into());
     };
-    items
-        .iter()
-        .enumerate()
-        .map(|(i, item)| parse_message(i, item))
-        .collect()
+    if !text.trim_start().starts_with('[') {
+        let other = field(body, "messages")?.unwrap_or(Value::Null);
+        return Err(BodyError::field("messages", "array", &other).into());
+    }
+    let mut failed = None;
+    let mut de = serde_json::Deserializer::from_str(text);
+    let read = serde::Deserializer::deserialize_seq(
+        &mut de,
+        EachMessage {
+            each: &mut each,
+            failed: &mut failed,
+        },
+    );
+    match (read, failed) {
+        (_, Some(e)) => Err(e),
+        (Err(e), None) => Err(BodyError::Malformed(format!("field `messages`: {e}")).into()),
+        (Ok(0), None) => Err(BodyError::Field {
+            field: "messages".into(),
+            expected: "non-empty array".into(),
+            received: "empty array".into(),
+        }
+        .into()),
+        (Ok(_), None) => Ok(()),
+    }
+}
+
+/// The `messages` array's visitor: each element is read as a JSON value, checked, handed on
+/// and dropped before the next is read.
+struct EachMessage<'a, F> {
+    each: &'a mut F,
+    /// Why the visit stopped, when a message was refused.
+    failed: &'a mut Option<ChatRequestError>,
+}
+
+impl<'de, F> serde::de::Visitor<'de> for EachMessage<'_, F>
+where
+    F: FnMut(usize, Message) -> Result<(), ChatRequestError>,
+{
+    type Value = usize;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an array of messages")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<usize, A::Error> {
+        let mut i = 0;
+        loop {
+            let item = match seq.next_element::<Value>() {
+                Ok(Some(item)) => item,
+                Ok(None) => return Ok(i),
+                Err(e) => {
+                    *self.failed =
+                        Some(BodyError::Malformed(format!("field `messages[{i}]`: {e}")).into());
+                    return Err(e);
+                }
+            };
+            let outcome = parse_message(i, &item).and_then(|m| (self.each)(i, m));
+            if let Err(e) = outcome {
+                *self.failed = Some(e);
+                return Err(serde::de::Error::custom("a message was refused"));
+            }
+            i += 1;
+        }
+    }
 }
 
 fn parse_message(i: usize, item: &Value) -> Result<Message, ChatRequestError> {
@@ -277,17 +349,17 @@ fn parse_message(i: usize, item: &Value) -> Result<Message, ChatRequestError> {
         .as_object()
         .ok_or_else(|| BodyError::field(format!("messages[{i}]"), "object", item))?;
     let role = match obj.get("role") {
-        Some(Value::String(r)) => r.clone(),
+        Some(Value::String(r)) => r.as_str(),
         Some(other) => return Err(BodyError::field(at("role"), "string", other).into()),
         None => return Err(BodyError::missing(at("role"), "string").into()),
     };
-    if !ROLES.contains(&role.as_str()) {
+    let Some(role) = ROLES.iter().copied().find(|r| *r == role) else {
         return Err(ChatRequestError::Unsupported(format!(
             "Unsupported value: `{}` role `{role}` is not supported; expected one of {}",
             at("role"),
             ROLES.join(", ")
         )));
-    }
+    };
     let mut message = Message {
         role,
         ..Message::default()
@@ -474,7 +546,7 @@ mod tests {
             ),
             (
                 b"{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"x\",\"n\":-1e999}]}",
-                "not valid JSON (field `messages`",
+                "not valid JSON (field `messages[0]`",
             ),
         ] {
             let e = match ChatRequest::parse(body.to_vec()).unwrap_err() {
@@ -483,6 +555,20 @@ mod tests {
             };
             assert!(e.contains(expected), "{body:?}: {e}");
         }
+    }
+
+    #[test]
+    fn many_messages_are_read_one_at_a_time_with_their_positions() {
+        let mut messages: Vec<Value> = (0..1_000)
+            .map(|i| serde_json::json!({"role": "user", "content": format!("message {i}")}))
+            .collect();
+        let r = ChatRequest::from_value(serde_json::json!({"model": "m", "messages": messages}))
+            .unwrap();
+        assert_eq!(r.last_user_text(), "message 999");
+        assert!(r.prompt_tokens() > 1_000 * MESSAGE_OVERHEAD);
+        messages[700] = serde_json::json!({"role": "user", "content": 7});
+        assert!(err(serde_json::json!({"model": "m", "messages": messages}))
+            .contains("`messages[700].content`"));
     }
 
     #[test]

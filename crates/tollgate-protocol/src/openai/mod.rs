@@ -5,6 +5,6 @@ pub mod chunk;
 pub mod completion;
 pub mod usage;
 
-pub use chat::{ChatRequest, Message};
+pub use chat::ChatRequest;
 pub use completion::ChatCompletion;
 pub use usage::Usage;

@@ -16,6 +16,9 @@ const FILLER: &[&str] = &[
     "up.",
 ];
 
+/// Requests larger than this are read on a blocking thread.
+const PARSE_INLINE_MAX: usize = 256 * 1024;
+
 /// Settings of the demo provider.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DemoConfig {
@@ -47,14 +50,7 @@ impl Demo {
 
 /// The reply's pieces (whole words, each one or more tokens) up to `natural` tokens, and
 /// whether `limit` cut it short.
-fn reply(request: &ChatRequest, natural: u64, limit: u64) -> (Vec<String>, bool) {
-    let said: String = request
-        .messages
-        .iter()
-        .rev()
-        .find(|m| m.role == "user")
-        .map(|m| m.text.chars().take(40).collect())
-        .unwrap_or_default();
+fn reply(said: &str, natural: u64, limit: u64) -> (Vec<String>, bool) {
     let opening = format!("Demo reply to \"{}\":", said.replace('\n', " "));
     let words = opening
         .split(' ')
@@ -82,7 +78,22 @@ fn reply(request: &ChatRequest, natural: u64, limit: u64) -> (Vec<String>, bool)
 #[async_trait::async_trait]
 impl ChatProvider for Demo {
     async fn chat(&self, call: ChatCall) -> Result<ChatReply, ProviderError> {
-        let request = ChatRequest::parse(call.body).map_err(|e| ProviderError::Status {
+        // Like a real model server, a long prompt is read off the threads serving others.
+        let read = |body: Vec<u8>| {
+            ChatRequest::parse(body).map(|request| {
+                let said: String = request.last_user_text().chars().take(40).collect();
+                (request, said)
+            })
+        };
+        let parsed = if call.body.len() <= PARSE_INLINE_MAX {
+            read(call.body)
+        } else {
+            let body = call.body;
+            tokio::task::spawn_blocking(move || read(body))
+                .await
+                .map_err(|e| ProviderError::Invalid(format!("reading the request: {e}")))?
+        };
+        let (request, said) = parsed.map_err(|e| ProviderError::Status {
             status: 400,
             message: format!("{e:?}"),
             retry_after: None,
@@ -90,7 +101,7 @@ impl ChatProvider for Demo {
         let natural = u64::from(self.config.reply_tokens.max(1));
         let limit = request.max_tokens.unwrap_or(natural);
         let model = request.model.clone();
-        let (pieces, truncated) = reply(&request, natural, limit);
+        let (pieces, truncated) = reply(&said, natural, limit);
         let prompt_tokens = request.prompt_tokens();
         let completion_tokens: u64 = pieces.iter().map(|p| tokens::count(p)).sum();
         let usage = Usage {

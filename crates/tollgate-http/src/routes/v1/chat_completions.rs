@@ -23,11 +23,10 @@ pub async fn handle(
     body: Body,
 ) -> Result<Response, ApiError> {
     let who = state.relay.authenticate(bearer(&headers)).await?;
-    let bytes = body::read(&headers, body, state.body_limit).await?;
-    let request = ChatRequest::parse(Vec::from(bytes)).map_err(|e| match e {
-        ChatRequestError::Body(b) => Error::Body(b),
-        ChatRequestError::Unsupported(m) => Error::Unsupported(m),
-    })?;
+    // Held until the reply's head is out: the body, its parsed form and the upstream body
+    // are gone by then.
+    let (bytes, _memory) = body::read(&headers, body, &state.body).await?;
+    let request = parse(bytes).await?;
     let meta = RequestMeta {
         request_id: ctx.id,
         client_request_id: ctx.client_request_id,
@@ -69,6 +68,24 @@ pub async fn handle(
         h.insert("server-timing", v);
     }
     Ok(response)
+}
+
+/// Bodies above this size are read (and their prompt counted) off the server's threads, so a
+/// long prompt does not hold up the other connections of its thread.
+const PARSE_INLINE_MAX: usize = 256 * 1024;
+
+async fn parse(bytes: bytes::Bytes) -> Result<ChatRequest, Error> {
+    let parsed = if bytes.len() <= PARSE_INLINE_MAX {
+        ChatRequest::parse(Vec::from(bytes))
+    } else {
+        tokio::task::spawn_blocking(move || ChatRequest::parse(Vec::from(bytes)))
+            .await
+            .map_err(|_| Error::Internal)?
+    };
+    parsed.map_err(|e| match e {
+        ChatRequestError::Body(b) => Error::Body(b),
+        ChatRequestError::Unsupported(m) => Error::Unsupported(m),
+    })
 }
 
 /// The `Server-Timing` value for a reply whose head is ready `total` after the request
