@@ -126,15 +126,16 @@ async fn silent_and_stalled_connections_are_closed_at_their_deadlines() {
 }
 
 /// 1,500 silent sockets from one address against a server started with 512 descriptors:
-/// past the per-peer cap they are answered 429 and closed, silent ones close at their
-/// deadline, and `/healthz` and other peers are served all along; the server never runs out
-/// of descriptors.
+/// past the per-peer cap they are closed at once (after a second's chance to ask), and
+/// `/healthz` and other peers are served all along; the server never runs out of
+/// descriptors. (The admitted silent ones close at their first-byte deadline, as the test
+/// above shows; here it is long, so they keep the peer at its cap.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousands_of_silent_sockets_leave_the_server_answering() {
     rlimit::increase_nofile_limit(u64::MAX).unwrap();
     let db = TestDb::sqlite();
     let server = Server::start_after(
-        "ulimit -n 512 && export TOLLGATE__SERVER__MAX_CONNECTIONS_PER_PEER=100 TOLLGATE__SERVER__FIRST_BYTE_TIMEOUT_SECONDS=8",
+        "ulimit -n 512 && export TOLLGATE__SERVER__MAX_CONNECTIONS_PER_PEER=100 TOLLGATE__SERVER__FIRST_BYTE_TIMEOUT_SECONDS=60",
         &db.url,
     );
     let at = addr(&server);
@@ -159,32 +160,36 @@ async fn thousands_of_silent_sockets_leave_the_server_answering() {
     assert!(msg.contains("at most 100"), "{msg}");
     let resp = answered(&crowded, &server.url("/healthz")).await;
     assert_eq!(resp.status(), 200);
-    // The silent ones are closed: the refused ones at once, the admitted at the deadline.
-    let mut closed = 0;
-    for conn in silent.into_iter().step_by(50) {
-        let (_, took) = until_closed(conn, Duration::from_secs(12));
-        assert!(took < Duration::from_secs(10));
-        closed += 1;
+    // The refused silent ones are closed (the last thousand were all over the cap).
+    let mut silent = silent;
+    let refused = silent.split_off(500);
+    for conn in refused.into_iter().step_by(50) {
+        let (_, took) = until_closed(conn, Duration::from_secs(5));
+        assert!(took < Duration::from_secs(3), "{took:?}");
     }
-    assert_eq!(closed, 30);
-    let resp = crowded.get(server.url("/v1/models")).send().await.unwrap();
-    assert_eq!(resp.status(), 200);
+    // Once the admitted ones go, the peer is served again.
+    drop(silent);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while answered(&crowded, &server.url("/v1/models")).await.status() != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "still refused after its connections closed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let logs = server.drain_logs();
     assert!(
         !logs.iter().any(|l| l.contains("Too many open files")),
         "{logs:?}"
     );
-    let metrics = other
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
     assert!(
-        !metrics.contains("tollgate_connections_refused_per_peer_total 0\n"),
-        "{metrics}"
+        metric_with(
+            &other,
+            &server,
+            "tollgate_connections_refused_per_peer_total"
+        )
+        .await
+            > 0
     );
 }
 

@@ -146,20 +146,7 @@ async fn a_failing_settlement_is_retried_until_it_lands(db: TestDb) {
         charged(&db.url, email).await,
         (streamed + whole, streamed + whole)
     );
-    let metrics = client()
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let failures: u64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("tollgate_settlement_failures_total "))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("{metrics}"));
-    assert!(failures >= 2, "{metrics}");
+    assert!(metric(&server, "tollgate_settlement_failures_total").await >= 2);
     ledger_ok(&db.url);
 }
 

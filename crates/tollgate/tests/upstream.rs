@@ -394,17 +394,9 @@ async fn overages_are_counted_and_logged_once_per_interval() {
         .filter(|l| l.contains("more output than allowed"))
         .count();
     assert_eq!(lines, 1);
-    let metrics = client()
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        metrics.contains("tollgate_upstream_overages_total 40\n"),
-        "{metrics}"
+    assert_eq!(
+        metric(&server, "tollgate_upstream_overages_total").await,
+        40
     );
     ledger_ok(&db.url);
 }

@@ -435,3 +435,23 @@ pub fn ledger_ok(db_url: &str) -> Value {
     assert!(ok, "ledger check failed: {out} {err}");
     out
 }
+
+/// The value of counter `name` on the server's `GET /metrics` (fetched with `client`).
+pub async fn metric_with(client: &reqwest::Client, server: &Server, name: &str) -> u64 {
+    let text = client
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no counter {name}: {text}"))
+}
+
+/// The value of counter `name` on the server's `GET /metrics`.
+pub async fn metric(server: &Server, name: &str) -> u64 {
+    metric_with(&client(), server, name).await
+}
