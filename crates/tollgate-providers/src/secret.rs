@@ -131,16 +131,15 @@ struct Patterns {
 
 fn patterns() -> &'static Patterns {
     static PATTERNS: OnceLock<Patterns> = OnceLock::new();
+    // The patterns are constants: the unit tests below compile every one.
+    let compile = |re: &str| Regex::new(re).expect("a valid pattern");
     PATTERNS.get_or_init(|| Patterns {
-        scheme: Regex::new(r"(?i)\b(bearer|basic|token)\s+[A-Za-z0-9._~+/=-]{6,}")
-            .expect("a valid pattern"),
-        key_shapes: Regex::new(r"\b(?:sk|pk|rk)-[A-Za-z0-9_*-]{6,}|\bAIza[0-9A-Za-z_-]{16,}")
-            .expect("a valid pattern"),
-        fields: Regex::new(
+        scheme: compile(r"(?i)\b(bearer|basic|token)\s+[A-Za-z0-9._~+/=-]{6,}"),
+        key_shapes: compile(r"\b(?:sk|pk|rk)-[A-Za-z0-9_*-]{6,}|\bAIza[0-9A-Za-z_-]{16,}"),
+        fields: compile(
             r#"(?i)\b(api[_-]?key|x-api-key|access[_-]?token|secret|password|authorization)(["']?\s*[:=]\s*["']?)[^\s"'&,;]{4,}"#,
-        )
-        .expect("a valid pattern"),
-        long_tokens: Regex::new(r"[A-Za-z0-9_-]{32,}").expect("a valid pattern"),
+        ),
+        long_tokens: compile(r"[A-Za-z0-9_-]{32,}"),
     })
 }
 

@@ -2,6 +2,9 @@
 //! movements are locked with `FOR UPDATE` inside short transactions.
 
 mod node_claim;
+mod usage;
+
+use usage::insert_usage;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
@@ -33,17 +36,13 @@ impl PgStore {
 }
 
 use crate::reserve::{self, KeyRoom, HOUR_MS};
-use crate::rows::{
-    kind, limit, millis, scopes, time, unique_subject, CHARGED_ROWS_SQL, CHARGES_WITHOUT_ROW_SQL,
-    LEDGER_CHECK_SQL,
-};
+use crate::rows::{kind, limit, millis, scopes, time, unique_subject, LEDGER_CHECK_SQL};
 use chrono::{DateTime, Utc};
 use sqlx::Row;
 use tollgate_core::accounts::Account;
 use tollgate_core::keys::ApiKey;
 use tollgate_core::money::Credits;
 use tollgate_core::store::*;
-use tollgate_core::usage::{ChargeCap, UsageRecord};
 
 type Tx = sqlx::Transaction<'static, sqlx::Postgres>;
 
@@ -638,83 +637,10 @@ impl Store for PgStore {
         after: Option<&str>,
         limit: u32,
     ) -> Result<Vec<ChargedRow>, StoreError> {
-        let rows = sqlx::query(CHARGED_ROWS_SQL)
-            .bind(after.unwrap_or_default())
-            .bind(i64::from(limit))
-            .fetch_all(&self.read)
-            .await
-            .map_err(db)?;
-        rows.iter()
-            .map(|r| {
-                let int = |c: &str| {
-                    r.try_get::<i64, _>(c)
-                        .map(|v| u64::try_from(v).unwrap_or(0))
-                };
-                Ok(ChargedRow {
-                    inference_id: r.try_get("inference_id")?,
-                    model: r.try_get("model")?,
-                    succeeded: r.try_get::<String, _>("status")? == "succeeded",
-                    prompt_tokens: int("prompt_tokens")?,
-                    completion_tokens: int("completion_tokens")?,
-                    cached_tokens: int("cached_tokens")?,
-                    credits: Credits(r.try_get("credits")?),
-                    capped: r
-                        .try_get::<Option<String>, _>("charge_capped")?
-                        .as_deref()
-                        .and_then(ChargeCap::parse),
-                    ledger: Credits(r.try_get("ledger")?),
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(db)
+        usage::charged_rows(&self.read, after, limit).await
     }
 
     async fn charges_without_row(&self, limit: u32) -> Result<Vec<String>, StoreError> {
-        sqlx::query_scalar(CHARGES_WITHOUT_ROW_SQL)
-            .bind(i64::from(limit))
-            .fetch_all(&self.read)
-            .await
-            .map_err(db)
+        usage::charges_without_row(&self.read, limit).await
     }
-}
-
-/// Writes a settlement's usage row with what it charged inside `tx`; `false` when the row
-/// already exists.
-async fn insert_usage(
-    tx: &mut Tx,
-    r: &UsageRecord,
-    credits: i64,
-    capped: Option<ChargeCap>,
-) -> Result<bool, StoreError> {
-    let int = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-    let inserted = sqlx::query(
-        "INSERT INTO usage_logs (inference_id, request_id, client_request_id, account_id, key_id, model, provider, status, origin, error_code,
-            prompt_tokens, completion_tokens, cached_tokens, credits, charge_capped, stream, duration_ms, ttft_ms, created_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)
-         ON CONFLICT (inference_id) DO NOTHING",
-    )
-    .bind(&r.inference_id)
-    .bind(&r.request_id)
-    .bind(&r.client_request_id)
-    .bind(&r.account_id)
-    .bind(&r.key_id)
-    .bind(&r.model)
-    .bind(&r.provider)
-    .bind(r.status.as_str())
-    .bind(r.origin)
-    .bind(r.error_code)
-    .bind(int(r.prompt_tokens))
-    .bind(int(r.completion_tokens))
-    .bind(int(r.cached_tokens))
-    .bind(credits)
-    .bind(capped.map(ChargeCap::as_str))
-    .bind(r.stream)
-    .bind(int(r.duration_ms))
-    .bind(r.ttft_ms.map(int))
-    .bind(millis(r.created_at))
-    .execute(&mut **tx)
-    .await
-    .map_err(db)?
-    .rows_affected();
-    Ok(inserted == 1)
 }

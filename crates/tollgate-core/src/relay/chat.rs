@@ -47,9 +47,6 @@ impl Relay {
     ) -> Result<ChatReply, Error> {
         let inner = &self.inner;
         let settings = &inner.settings;
-        // The request's one deadline, from its arrival, across every attempt.
-        let deadline =
-            tokio::time::Instant::from_std(meta.started) + settings.upstream_timeouts.total;
         let admission = policy::admit(settings, &inner.catalog, who, &req)?;
         let inference_id = ids::inference_id();
         let now = Utc::now();
@@ -96,6 +93,8 @@ impl Relay {
         let mut ticket = Ticket::new(inner.clone(), bill);
         let include_usage = req.include_usage;
         let called = Instant::now();
+        // The request's one upstream deadline, across every attempt and its whole stream.
+        let deadline = tokio::time::Instant::from_std(called) + settings.upstream_timeouts.total;
         let upstream = routes::call(inner, &admission.model, &req, output, deadline).await;
         let waited = called.elapsed();
         ticket.bill_mut().provider = upstream.provider;

@@ -2,8 +2,9 @@
 //! a body that stops arriving for longer than the read deadline is 408; a large one holds
 //! its share of the memory budget while its request runs.
 //!
-//! An oversized body is read and discarded (up to a cap and a deadline) before the 413 is
-//! sent, so a client still writing its body receives the error instead of a broken pipe.
+//! An oversized body, or one refused by the memory budget, is read and discarded (up to a cap
+//! and a deadline) before the error is sent, so a client still writing its body receives the
+//! error instead of a broken pipe.
 
 use super::memory::{MemoryBudget, MemoryLease};
 use crate::error::ApiError;
@@ -49,7 +50,10 @@ pub async fn read(
     let mut body = body;
     let mut lease = MemoryLease::default();
     if let Some(n) = declared {
-        limits.memory.cover(&mut lease, n as usize)?;
+        if let Err(busy) = limits.memory.cover(&mut lease, n as usize) {
+            drain(body).await;
+            return Err(busy);
+        }
     }
     // Sized from the declared length rather than grown chunk by chunk (which would hold up to
     // twice the body while it doubles), but only as far as the memory lease or PRESIZE_CAP
@@ -84,7 +88,10 @@ pub async fn read(
                 drain(body).await;
                 return Err(ApiError::PayloadTooLarge { limit });
             }
-            limits.memory.cover(&mut lease, buf.len() + data.len())?;
+            if let Err(busy) = limits.memory.cover(&mut lease, buf.len() + data.len()) {
+                drain(body).await;
+                return Err(busy);
+            }
             buf.extend_from_slice(&data);
         }
     }

@@ -12,6 +12,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         3,
         include_str!("../../migrations/sqlite/0003_usage_charge.sql"),
     ),
+    (
+        4,
+        include_str!("../../migrations/sqlite/0004_usage_without_rowid.sql"),
+    ),
 ];
 
 pub(super) fn run(conn: &Connection) -> rusqlite::Result<()> {

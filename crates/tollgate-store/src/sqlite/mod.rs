@@ -9,6 +9,7 @@ mod keycache;
 mod migrate;
 mod ops;
 mod reader;
+mod usage_rows;
 mod walvfs;
 
 use crate::rows::{kind, limit, millis, scopes, time};
@@ -165,9 +166,8 @@ impl SqliteStore {
         &self,
         s: Settlement,
     ) -> impl std::future::Future<Output = Result<Settled, StoreError>> + Send + 'static {
-        self.writer.submit(Lane::Commit, move |b| {
-            ops::settle(b, &s, millis(Utc::now()))
-        })
+        self.writer
+            .submit(Lane::Commit, move |b| ops::settle(b, s, millis(Utc::now())))
     }
 
     /// Takes the database's serve lock: one process serves from a SQLite file, because live

@@ -5,7 +5,6 @@ use crate::rows::{millis, time};
 use rusqlite::{params, Connection, OptionalExtension};
 use tollgate_core::money::Credits;
 use tollgate_core::store::*;
-use tollgate_core::usage::{ChargeCap, UsageRecord};
 
 use super::book::{Book, LiveHold};
 use super::combiner::Batch;
@@ -308,8 +307,9 @@ fn free_request(
 /// Charges a settlement, writes its usage row and releases its hold, in the batch's write
 /// transaction: the book gives the hold back once the batch has committed (until then it
 /// stays reserved, so a failed commit loses nothing and the retry finds it). The balance is
-/// written once per batch (see [`Batch::defer_balance`]).
-pub(super) fn settle(b: &mut Batch<'_>, s: &Settlement, now: i64) -> Result<Settled, StoreError> {
+/// written once per batch (see [`Batch::defer_balance`]), and the batch's usage rows
+/// together ([`Batch::write_usage`]).
+pub(super) fn settle(b: &mut Batch<'_>, s: Settlement, now: i64) -> Result<Settled, StoreError> {
     // Inside the write transaction the book's committed balance is exact: an operator's
     // deduction made a moment ago by another process counts here. The book stays locked
     // until the hold is marked and the new balance is in: a hold placed from the cache sees
@@ -352,7 +352,7 @@ pub(super) fn settle(b: &mut Batch<'_>, s: &Settlement, now: i64) -> Result<Sett
         None => None,
     };
     if charge > 0 {
-        let entry = LedgerWrite::model_usage(s, Credits(charge));
+        let entry = LedgerWrite::model_usage(&s, Credits(charge));
         if !b.write_all_or_nothing(|conn| insert_entry(conn, &entry, now))? {
             // The usage charge is already in the ledger (written before usage rows were).
             if held_live {
@@ -362,7 +362,6 @@ pub(super) fn settle(b: &mut Batch<'_>, s: &Settlement, now: i64) -> Result<Sett
         }
     }
     let capped = s.cap_for(charge);
-    b.write_all_or_nothing(|conn| insert_usage(conn, &s.row, charge, capped))?;
     if let (Some(key_id), Some((period, spent))) = (&limited_key, spent) {
         b.write_all_or_nothing(|conn| {
             conn.prepare_cached(
@@ -381,10 +380,14 @@ pub(super) fn settle(b: &mut Batch<'_>, s: &Settlement, now: i64) -> Result<Sett
     if held_live {
         book.begin_settling(s.hold_id(), charge);
         b.remove_hold_on_commit(s.hold_id());
-        Ok(Settled::Charged(Credits(charge)))
-    } else {
-        Ok(Settled::ChargedWithoutHold(Credits(charge)))
     }
+    drop(book);
+    b.write_usage(s.row, charge, capped);
+    Ok(if held_live {
+        Settled::Charged(Credits(charge))
+    } else {
+        Settled::ChargedWithoutHold(Credits(charge))
+    })
 }
 
 /// What an earlier settlement of `inference_id` charged, if one committed.
@@ -423,45 +426,4 @@ pub(super) fn release_where(
         )
         .map_err(db)?;
     Ok(n as u64)
-}
-
-const INSERT_USAGE: &str = "INSERT INTO usage_logs (inference_id, request_id, client_request_id, account_id, key_id, model, provider,
-    status, origin, error_code, prompt_tokens, completion_tokens, cached_tokens, credits, charge_capped, stream, duration_ms, ttft_ms, created_at)
-    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)
-    ON CONFLICT (inference_id) DO NOTHING";
-
-/// Writes a settlement's usage row with what it charged.
-fn insert_usage(
-    conn: &Connection,
-    r: &UsageRecord,
-    credits: i64,
-    capped: Option<ChargeCap>,
-) -> Result<(), StoreError> {
-    let int = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-    conn.prepare_cached(INSERT_USAGE)
-        .and_then(|mut st| {
-            st.execute(params![
-                r.inference_id,
-                r.request_id,
-                r.client_request_id,
-                r.account_id,
-                r.key_id,
-                r.model,
-                r.provider,
-                r.status.as_str(),
-                r.origin,
-                r.error_code,
-                int(r.prompt_tokens),
-                int(r.completion_tokens),
-                int(r.cached_tokens),
-                credits,
-                capped.map(ChargeCap::as_str),
-                r.stream,
-                int(r.duration_ms),
-                r.ttft_ms.map(int),
-                millis(r.created_at),
-            ])
-        })
-        .map(drop)
-        .map_err(db)
 }

@@ -2,12 +2,14 @@
 //! write transaction per batch (begun at the first write) and a savepoint per job.
 
 use super::super::book::Book;
+use super::super::usage_rows::{self, UsageRow};
 use super::{lock, read_data_version, run_cached, saw_version};
 use rusqlite::Connection;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 use tollgate_core::store::StoreError;
+use tollgate_core::usage::{ChargeCap, UsageRecord};
 
 /// What a job sees: the book, and the write connection through savepoints.
 pub(crate) struct Batch<'a> {
@@ -25,6 +27,9 @@ pub(crate) struct Batch<'a> {
     /// Holds settled in this batch: removed from the book once the batch has committed, made
     /// live again if it does not.
     pub(super) settled: Vec<String>,
+    /// Usage rows of this batch's settlements (with what each charged), written together
+    /// before anything reads the database and before the commit.
+    pub(super) usage: Vec<UsageRow>,
 }
 
 pub(super) enum Txn {
@@ -78,7 +83,7 @@ impl<'a> Batch<'a> {
         F: FnOnce(&Connection) -> Result<T, E>,
     {
         self.begin()?;
-        self.flush_balances();
+        self.flush_deferred();
         if let Txn::Failed(e) = &self.txn {
             return Err(StoreError::Database(e.clone()).into());
         }
@@ -124,6 +129,16 @@ impl<'a> Batch<'a> {
         }
     }
 
+    /// Writes a settlement's usage row, with the batch's other rows, before the commit; a
+    /// failure to write them fails the batch.
+    pub fn write_usage(&mut self, row: UsageRecord, credits: i64, capped: Option<ChargeCap>) {
+        self.usage.push(UsageRow {
+            row,
+            credits,
+            capped,
+        });
+    }
+
     /// Removes hold `id` from the book once this batch has committed; until then it stays
     /// reserved (marked as settling), and if the batch fails it is live again.
     pub fn remove_hold_on_commit(&mut self, id: &str) {
@@ -133,11 +148,17 @@ impl<'a> Batch<'a> {
     /// The write connection for reads: it sees every committed row, its own and others',
     /// and the balances this batch has moved so far.
     pub fn conn(&mut self) -> &Connection {
-        self.flush_balances();
+        self.flush_deferred();
         self.conn
     }
 
-    pub(super) fn flush_balances(&mut self) {
+    pub(super) fn flush_deferred(&mut self) {
+        if !self.usage.is_empty() {
+            let rows = std::mem::take(&mut self.usage);
+            if let Err(e) = usage_rows::insert(self.conn, &rows) {
+                self.fail(&e);
+            }
+        }
         if self.balances.is_empty() {
             return;
         }
