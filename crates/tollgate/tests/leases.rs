@@ -140,10 +140,7 @@ async fn a_slow_reader_is_charged_for_what_it_was_sent() {
 #[tokio::test]
 async fn failover_attempts_share_the_request_deadline() {
     let db = TestDb::sqlite();
-    let dir = tempfile::tempdir().unwrap();
-    let catalog = dir.path().join("chain.toml");
-    std::fs::write(
-        &catalog,
+    let (_dir, files) = catalog_file(
         r#"
 [[model]]
 id = "test/chain"
@@ -163,12 +160,10 @@ provider = "demo"
 model = "demo-chat"
 priority = 0
 "#,
-    )
-    .unwrap();
+    );
     let fake = FakeOpenAi::start(Behaviour::normal(5)).await;
     fake.set_behaviour_for("silent-a", Behaviour::Hang);
     fake.set_behaviour_for("silent-b", Behaviour::Hang);
-    let files = format!("[\"{}\"]", catalog.display());
     let run = |total: &'static str| {
         let mut env = SHORT_LEASE.to_vec();
         env.extend([

@@ -274,10 +274,7 @@ async fn missing_usage_is_counted_locally_and_inflated_usage_never_overdraws() {
 #[tokio::test]
 async fn a_failing_route_fails_over_to_the_next_one() {
     let db = TestDb::sqlite();
-    let dir = tempfile::tempdir().unwrap();
-    let catalog = dir.path().join("failover.toml");
-    std::fs::write(
-        &catalog,
+    let (_dir, files) = catalog_file(
         r#"
 [[model]]
 id = "test/failover"
@@ -293,16 +290,12 @@ provider = "demo"
 model = "demo-chat"
 priority = 0
 "#,
-    )
-    .unwrap();
+    );
     let fake = FakeOpenAi::start(Behaviour::server_error("down")).await;
     let server = start(
         &db,
         &fake.base_url(),
-        &[(
-            "TOLLGATE__CATALOG__FILES",
-            &format!("[\"{}\"]", catalog.display()),
-        )],
+        &[("TOLLGATE__CATALOG__FILES", &files)],
     );
     let key = account(&db.url, "failover@example.com", Some("4242424242424242"));
     let resp = post_chat(&server, &key, &chat_body("test/failover", json!({}))).await;

@@ -455,3 +455,13 @@ pub async fn metric_with(client: &reqwest::Client, server: &Server, name: &str) 
 pub async fn metric(server: &Server, name: &str) -> u64 {
     metric_with(&client(), server, name).await
 }
+
+/// A catalogue file holding `toml`, in a directory that lives as long as the returned guard,
+/// and the `TOLLGATE__CATALOG__FILES` value naming it.
+pub fn catalog_file(toml: &str) -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("catalog.toml");
+    std::fs::write(&path, toml).expect("write the catalogue file");
+    let files = format!("[\"{}\"]", path.display());
+    (dir, files)
+}
